@@ -1,0 +1,1 @@
+"""elqproj: extreme blind image restoration with a prompt-conditioned projector."""
