@@ -1,0 +1,189 @@
+"""The restorer protocol (g) and the registry that finds restorers by name.
+
+A restorer maps an ordinary-LQ image to an HQ image. Each architecture lives in one module of
+``elqproj.adapters`` and is listed once in :data:`_BUILTIN` (spandrel's shape: adding a restorer = one
+module + one registry line). Third-party packages add restorers through the entry-point group
+``elqproj.restorers``::
+
+    [project.entry-points."elqproj.restorers"]
+    myrestorer = "my_package.restorer:MyRestorer"
+
+where ``MyRestorer`` subclasses :class:`Restorer`. See docs/adding-a-restorer.md.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+import torch
+
+from elqproj.errors import ConfigError, InvalidInputError, UnknownNameError
+
+__all__ = [
+    "RestorerCapabilities",
+    "Restorer",
+    "register_restorer",
+    "load_restorer",
+    "list_restorers",
+    "get_restorer_class",
+    "ENTRY_POINT_GROUP",
+]
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "elqproj.restorers"
+
+
+@dataclass(frozen=True)
+class RestorerCapabilities:
+    """What a restorer can do, shown by ``elqproj info`` and used by the pipeline.
+
+    Attributes:
+        scale: default output/input size ratio (OSEDiff and S3Diff default to 4).
+        steps: network evaluations per image at default settings (1 for one-step models).
+        supports_fp16 / supports_bf16: the model runs correctly in that dtype on CUDA.
+        needs_prompt: conditioned on text; without a prompt it uses the empty string.
+        uses_image_features: consumes a prompt extractor's image features (SeeSR's RAM embedding).
+        differentiable: a one-step, differentiable forward usable as the frozen g in IRIB training.
+        code_licence / weights_licence: licences of the official code and of the weights it loads.
+        base_model: Hub id of the default base diffusion model.
+        default_weights: where the default restorer weights come from (Hub id / file / URL).
+        paper: citation or arXiv id.
+    """
+
+    scale: int
+    steps: int
+    supports_fp16: bool
+    supports_bf16: bool
+    needs_prompt: bool
+    uses_image_features: bool
+    differentiable: bool
+    code_licence: str
+    weights_licence: str
+    base_model: str
+    default_weights: str | None
+    paper: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Restorer(torch.nn.Module, abc.ABC):
+    """A frozen restorer g: LQ image -> HQ image.
+
+    Subclasses implement :meth:`from_pretrained` and :meth:`restore`; :attr:`name` and
+    :attr:`capabilities` are class attributes. ``restore`` accepts what :func:`elqproj.imageio.to_tensor`
+    accepts (PIL, numpy, torch ``(B,3,H,W)`` float in [0,1], paths, lists) and returns the input's kind.
+    """
+
+    name: ClassVar[str]
+    capabilities: ClassVar[RestorerCapabilities]
+
+    @classmethod
+    @abc.abstractmethod
+    def from_pretrained(
+        cls,
+        weights: Any = None,
+        *,
+        base_model: Any = None,
+        revision: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        **kwargs: Any,
+    ) -> Restorer:
+        """Load the restorer; ``None`` arguments fall back to the official defaults."""
+
+    @abc.abstractmethod
+    def restore(self, image: Any, *, prompt: str | Sequence[str] | None = None, seed: int | None = None,
+                **kwargs: Any) -> Any:
+        """Restore ``image``; see the subclass for its options."""
+
+    @property
+    def device(self) -> torch.device:
+        param = next(self.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        param = next(self.parameters(), None)
+        return param.dtype if param is not None else torch.float32
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, scale={self.capabilities.scale}, steps={self.capabilities.steps}"
+
+
+# name -> "module:Class" (imported on first use: importing a restorer pulls in its model code)
+_BUILTIN: dict[str, str] = {
+    "osediff": "elqproj.adapters.osediff:OSEDiffRestorer",
+}
+_registry: dict[str, str | type[Restorer]] = dict(_BUILTIN)
+_entry_points_loaded = False
+
+
+def register_restorer(name: str, restorer: type[Restorer] | str, *, overwrite: bool = False) -> None:
+    """Make a restorer class (or its ``"module:Class"`` path) loadable as ``load_restorer(name)``."""
+    key = name.lower()
+    if key in _registry and not overwrite and _registry[key] != restorer:
+        raise ConfigError(f"A restorer named {name!r} is already registered; pass overwrite=True to replace it.")
+    if not isinstance(restorer, str) and not (isinstance(restorer, type) and issubclass(restorer, Restorer)):
+        raise InvalidInputError(
+            f"register_restorer({name!r}, ...) needs a Restorer subclass or a 'module:Class' string, "
+            f"got {type(restorer).__name__}."
+        )
+    _registry[key] = restorer
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name.lower() in _registry:
+            logger.warning("Entry point %s=%s ignored: the name is taken by %s", ep.name, ep.value,
+                           _registry[ep.name.lower()])
+            continue
+        _registry[ep.name.lower()] = ep.value
+
+
+def list_restorers() -> list[str]:
+    """Names accepted by :func:`load_restorer`: built-ins, registered ones, and entry points."""
+    _load_entry_points()
+    return sorted(_registry)
+
+
+def get_restorer_class(name: str) -> type[Restorer]:
+    """The :class:`Restorer` subclass registered as ``name`` (imports its module on first use)."""
+    _load_entry_points()
+    key = name.lower() if isinstance(name, str) else name
+    if key not in _registry:
+        raise UnknownNameError(
+            f"Unknown restorer {name!r}. Known restorers: {', '.join(sorted(_registry))}. "
+            "Third-party restorers register through the 'elqproj.restorers' entry-point group."
+        )
+    target = _registry[key]
+    if isinstance(target, str):
+        module_name, _, attr = target.partition(":")
+        try:
+            target = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise UnknownNameError(f"Restorer {name!r} is registered as {target!r}, which cannot be imported: {exc}") from exc
+        if not (isinstance(target, type) and issubclass(target, Restorer)):
+            raise UnknownNameError(f"Restorer {name!r} ({_registry[key]!r}) is not a Restorer subclass.")
+        _registry[key] = target
+    return target
+
+
+def load_restorer(name: str, weights: Any = None, **kwargs: Any) -> Restorer:
+    """Load a registered restorer: ``load_restorer("osediff", weights=..., base_model=..., device=..., dtype=...)``.
+
+    Every argument is forwarded to the restorer's ``from_pretrained``; unspecified weights and base
+    model fall back to the official defaults (downloaded from the Hub and cached).
+    """
+    return get_restorer_class(name).from_pretrained(weights, **kwargs)
