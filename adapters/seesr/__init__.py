@@ -1,0 +1,1 @@
+"""SeeSR adapter."""
