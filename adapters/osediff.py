@@ -1,0 +1,291 @@
+"""OSEDiff (one-step effective diffusion, arXiv 2406.08177) as a frozen restorer g.
+
+Reads the official checkpoint (``osediff.pkl``: LoRA lists, ranks, UNet/VAE LoRA tensors and the fully
+fine-tuned UNet ``conv_in``) onto a shared :class:`~elqproj.onestep.OneStepSD` SD2.1-base engine and
+reproduces the official ``test_osediff.py`` for PIL input: optional pre-enlargement to a min side of
+``process_size // upscale``, PIL-bicubic ×``upscale``, Lanczos to a multiple of 8, timestep 999,
+ε→x0, clamp, uint8 by truncation, colour fix against the upscaled input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from elqproj import imageio
+from elqproj.colorfix import ColorFix, color_fix
+from elqproj.errors import CheckpointMismatchError, InvalidInputError
+from elqproj.hub import load_checkpoint, nested_entry, resolve_file
+from elqproj.onestep import OneStepOutput, OneStepSD, prompts_for_batch
+
+from .base import Restorer, RestorerCapabilities
+
+__all__ = ["OSEDiffRestorer", "OSEDIFF_WEIGHTS_URL", "SD21_BASE"]
+
+SD21_BASE = "stabilityai/stable-diffusion-2-1-base"
+#: The official weights ship inside the GitHub repository (no Hub release).
+OSEDIFF_WEIGHTS_URL = "https://github.com/cswry/OSEDiff/raw/main/preset/models/osediff.pkl"
+
+# Official adapter names in osediff.pkl -> (component, our suffix)
+_UNET_LISTS = {
+    "default_encoder": "unet_lora_encoder_modules",
+    "default_decoder": "unet_lora_decoder_modules",
+    "default_others": "unet_lora_others_modules",
+}
+_VAE_ADAPTER = "default_encoder"
+_LORA_ALPHA = 8  # not stored in osediff.pkl: the official loader relies on peft's default alpha (scaling 8/r)
+_TIMESTEP = 999
+
+
+def lora_config(rank: int, target_modules: Sequence[str]):
+    """peft LoraConfig as the official OSEDiff loader builds it (alpha 8, no dropout)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=int(rank), lora_alpha=_LORA_ALPHA, init_lora_weights="gaussian",
+                      target_modules=sorted(set(target_modules)), lora_dropout=0.0)
+
+
+def _rename_adapter(key: str, official: str, full: str) -> str:
+    return key.replace(f".{official}.", f".{full}.")
+
+
+def upscale_like_official(image: Image.Image, *, process_size: int, upscale: int) -> Image.Image:
+    """The official PIL resizing chain (test_osediff.py) for one RGB image.
+
+    If a side is below ``process_size // upscale``, first enlarge so the short side equals it
+    (bicubic, sizes truncated with ``int``); then ×``upscale`` bicubic; then Lanczos to the next lower
+    multiple of 8 (a resize, not a crop).
+    """
+    w, h = image.size
+    floor = process_size // upscale
+    if w < floor or h < floor:
+        scale = floor / min(w, h)
+        image = image.resize((int(scale * w), int(scale * h)), Image.BICUBIC)
+        w, h = image.size
+    image = image.resize((w * upscale, h * upscale), Image.BICUBIC)
+    w, h = image.size
+    return image.resize((w - w % 8, h - h % 8), Image.LANCZOS)
+
+
+def upscale_tensor(x: torch.Tensor, *, process_size: int, upscale: int) -> torch.Tensor:
+    """Tensor counterpart of :func:`upscale_like_official` for (B,3,H,W) [0,1] input, without the
+    multiple-of-8 resize (the tensor path pads and crops instead, keeping the exact scale)."""
+    h, w = x.shape[-2:]
+    floor = process_size // upscale
+    if w < floor or h < floor:
+        scale = floor / min(w, h)
+        x = F.interpolate(x, size=(int(scale * h), int(scale * w)), mode="bicubic", align_corners=False)
+        h, w = x.shape[-2:]
+    if upscale != 1:
+        x = F.interpolate(x, size=(h * upscale, w * upscale), mode="bicubic", align_corners=False)
+    return x.clamp(0, 1)
+
+
+class OSEDiffRestorer(Restorer):
+    """OSEDiff on a (possibly shared) one-step SD2.1-base engine.
+
+    Use :meth:`from_pretrained` (or ``load_restorer("osediff", ...)``) rather than the constructor.
+    """
+
+    name = "osediff"
+    capabilities = RestorerCapabilities(
+        scale=4,
+        steps=1,
+        supports_fp16=True,
+        supports_bf16=True,
+        needs_prompt=True,
+        uses_image_features=False,
+        differentiable=True,
+        code_licence="Apache-2.0",
+        weights_licence="Apache-2.0 (OSEDiff LoRA); base SD2.1: CreativeML Open RAIL++-M",
+        base_model=SD21_BASE,
+        default_weights=OSEDIFF_WEIGHTS_URL,
+        paper="Wu et al., One-Step Effective Diffusion Network for Real-World Image Super-Resolution, NeurIPS 2024 (arXiv:2406.08177)",
+    )
+
+    def __init__(self, engine: OneStepSD, adapter_set: str, *, weights: str = "") -> None:
+        super().__init__()
+        self.engine = engine
+        self.adapter_set = adapter_set
+        self.weights = weights
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        weights: Any = None,
+        *,
+        base_model: Any = None,
+        revision: str | None = None,
+        weights_revision: str | None = None,
+        sha256: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        engine: OneStepSD | None = None,
+        merge_lora: bool = False,
+        **kwargs: Any,
+    ) -> OSEDiffRestorer:
+        """Load OSEDiff.
+
+        Args:
+            weights: ``osediff.pkl`` (or its safetensors copy): local path, Hub id with file, or URL.
+                Default: the official file from the OSEDiff GitHub repository (downloaded, cached).
+            base_model: SD2.1-base diffusers tree (Hub id or directory); ``revision`` applies to it.
+            engine: an already loaded :class:`OneStepSD` to attach to. Without it the shared engine for
+                ``base_model``/device/dtype is used (the Projector on the same base shares it).
+            merge_lora: merge the LoRA into the base (faster); needs an engine of its own, so it
+                implies a private (unshared) engine.
+        """
+        if kwargs:
+            raise InvalidInputError(f"Unknown arguments for OSEDiff: {sorted(kwargs)}.")
+        path = resolve_file(weights or OSEDIFF_WEIGHTS_URL, revision=weights_revision, sha256=sha256)
+        ckpt = load_checkpoint(path)
+        _check_osediff_checkpoint(ckpt, path)
+        if engine is None:
+            engine = OneStepSD.from_pretrained(base_model or SD21_BASE, revision=revision, device=device,
+                                               dtype=dtype, shared=not merge_lora)
+        set_name = "osediff_" + hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:10]
+        if not engine.has_adapter_set(set_name):
+            _attach(engine, set_name, ckpt)
+        restorer = cls(engine, set_name, weights=str(path))
+        if merge_lora:
+            engine.merge()
+        return restorer
+
+    # ---------------------------------------------------------------- inference
+    def encode_prompt(self, prompts: Sequence[str], *, long_prompt: str = "truncate") -> torch.Tensor:
+        """(B, 77, D) text embeddings of the base text encoder (cached per string)."""
+        return self.engine.encode_prompt(prompts, long_prompt=long_prompt)
+
+    def forward(self, lq: torch.Tensor, prompt_embeds: torch.Tensor, **kwargs: Any) -> OneStepOutput:
+        """Differentiable OSEDiff pass on (B,3,H,W) in [-1,1] (H, W multiples of 8), already upscaled.
+
+        Keyword arguments go to :meth:`OneStepSD.forward` (``encoder_noise``, ``seed``, ``generator``,
+        ``sample_posterior``, ``latent``). Returns every intermediate; ``.image`` is in [-1,1].
+        """
+        with self.engine.using(self.adapter_set):
+            return self.engine(lq, prompt_embeds, timestep=_TIMESTEP, **kwargs)
+
+    @torch.no_grad()
+    def restore(
+        self,
+        image: Any,
+        *,
+        prompt: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        encoder_noise: torch.Tensor | None = None,
+        sample_posterior: bool = True,
+        color_fix: ColorFix | str = "adain",
+        process_size: int = 512,
+        upscale: int = 4,
+        long_prompt: str = "truncate",
+    ) -> Any:
+        """Restore ``image`` (PIL in -> PIL out; (B,3,H,W) [0,1] tensors in -> tensors out; numpy, paths).
+
+        Args:
+            prompt: text for the text encoder, used verbatim (one string, or one per image). The
+                official script's ``"{tags}, {user_prompt},"`` template is the caller's business.
+            seed: makes the VAE posterior sample reproducible (drawn on the CPU: seed N equals the
+                official script run after ``torch.manual_seed(N)``). ``encoder_noise`` (B,4,H/8,W/8)
+                injects the draw; ``sample_posterior=False`` uses the posterior mean instead.
+            color_fix: "adain" (official default), "wavelet" or "none".
+            process_size: the short side is first enlarged to ``process_size // upscale`` if smaller.
+            upscale: integer scale factor (official default 4).
+
+        PIL input follows the official script bit for bit: the output has the processed size (the
+        upscaled size rounded down to a multiple of 8) and is quantised by truncation before the colour
+        fix. Other inputs are resized with torch bicubic, padded to a multiple of 8 and cropped back,
+        and stay float.
+        """
+        if not isinstance(upscale, int) or upscale < 1:
+            raise InvalidInputError(f"upscale must be a positive integer, got {upscale!r}.")
+        if process_size < 0:
+            raise InvalidInputError(f"process_size must be >= 0, got {process_size!r}.")
+        official_pil = _is_pil_input(image)
+        if official_pil:
+            pils = [image] if isinstance(image, Image.Image) else list(image)
+            _, meta = imageio.to_tensor(image)
+            upscaled = [upscale_like_official(p.convert("RGB"), process_size=process_size, upscale=upscale)
+                        for p in pils]
+            source, _ = imageio.to_tensor(upscaled)
+            pad = (0, 0)
+            x = source
+        else:
+            x_in, meta = imageio.to_tensor(image)
+            source = upscale_tensor(x_in, process_size=process_size, upscale=upscale)
+            x, pad = imageio.pad_to_multiple(source, 8)
+        prompts = prompts_for_batch(prompt, x.shape[0])
+        device = self.engine.device
+        embeds = self.encode_prompt(prompts, long_prompt=long_prompt)
+        lq = (x * 2 - 1).to(device, self.engine.dtype)
+        out = self.forward(lq, embeds, encoder_noise=encoder_noise, seed=seed, generator=generator,
+                           sample_posterior=sample_posterior).image
+        restored = imageio.crop_padding((out.float() * 0.5 + 0.5).cpu(), pad)
+        if official_pil:
+            restored = _truncate_uint8(restored)  # ToPILImage truncates; the colour fix reads that image back
+        restored = color_fix(restored, source.to(restored.dtype), color_fix)
+        if official_pil:
+            restored = _truncate_uint8(restored)
+        return imageio.from_tensor(restored, meta)
+
+
+def _is_pil_input(image: Any) -> bool:
+    if isinstance(image, Image.Image):
+        return True
+    return isinstance(image, (list, tuple)) and bool(image) and all(isinstance(i, Image.Image) for i in image)
+
+
+def _truncate_uint8(x: torch.Tensor) -> torch.Tensor:
+    """floor(255·v)/255: torchvision's ToPILImage (``mul(255).byte()``) truncates instead of rounding."""
+    return (x.clamp(0, 1) * 255).to(torch.uint8).to(torch.float32) / 255
+
+
+def _check_osediff_checkpoint(ckpt: dict, path: Path) -> None:
+    needed = ["rank_unet", "rank_vae", "vae_lora_encoder_modules", *_UNET_LISTS.values()]
+    missing = [k for k in needed if k not in ckpt]
+    has_unet = "state_dict_unet" in ckpt or any(k.startswith("state_dict_unet.") for k in ckpt)
+    if missing or not has_unet:
+        hint = ""
+        if "unet_lora_target_modules" in ckpt or "state_dict_unet_de_mlp" in ckpt or any(
+            k.startswith("state_dict_unet_de_mlp") for k in ckpt
+        ):
+            hint = " It looks like an S3Diff checkpoint: use load_restorer('s3diff', ...)."
+        raise CheckpointMismatchError(
+            f"{path} is not an OSEDiff checkpoint: missing {missing or ['state_dict_unet']} "
+            f"(found {sorted(ckpt)[:6]}…).{hint}"
+        )
+
+
+def _attach(engine: OneStepSD, set_name: str, ckpt: dict) -> None:
+    """Create the OSEDiff adapter set on ``engine`` and load the checkpoint's tensors into it."""
+    rank_unet, rank_vae = int(ckpt["rank_unet"]), int(ckpt["rank_vae"])
+    unet_cfgs = {official: lora_config(rank_unet, ckpt[key]) for official, key in _UNET_LISTS.items()}
+    vae_cfgs = {_VAE_ADAPTER: lora_config(rank_vae, ckpt["vae_lora_encoder_modules"])}
+    try:
+        engine.add_adapter_set(set_name, unet=unet_cfgs, vae=vae_cfgs)
+    except ValueError as exc:  # peft: target modules not found in the base model
+        raise CheckpointMismatchError(
+            f"The OSEDiff LoRA targets do not exist in the base model {engine.base_model}: {exc}"
+        ) from exc
+    for component, state_key, officials in (
+        ("unet", "state_dict_unet", list(_UNET_LISTS)),
+        ("vae", "state_dict_vae", [_VAE_ADAPTER]),
+    ):
+        lora: dict[str, torch.Tensor] = {}
+        for key, value in nested_entry(ckpt, state_key).items():
+            if ".lora_" in key:
+                for official in officials:
+                    if f".{official}." in key:
+                        key = _rename_adapter(key, official, engine.adapter_name(set_name, official))
+                        break
+                lora[key] = value
+            else:  # fully trained base weights (conv_in), stored under peft's wrapped name
+                engine.set_override(set_name, component, key.replace(".base_layer.", "."), value)
+        engine.load_adapter_state(set_name, component, lora)

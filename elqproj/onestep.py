@@ -1,0 +1,644 @@
+"""The one-step Stable Diffusion engine shared by the Projector (f) and one-step restorers (g).
+
+One engine holds one SD2.1-style base (VAE, UNet, CLIP text encoder, tokenizer, DDPM noise schedule)
+and any number of named **adapter sets**. An adapter set is a group of peft LoRA adapters on the UNet
+and/or the VAE encoder plus optional *parameter overrides* — base weights a checkpoint replaces
+outright, such as OSEDiff's fully fine-tuned UNet ``conv_in``. Switching sets re-points peft's active
+adapters and swaps the overridden tensors, so the Projector and the OSEDiff backend run on **one**
+loaded copy of the 1.78 B-parameter base instead of two.
+
+The forward pass (OSEDiff, arXiv 2406.08177, and IRIB eq. 9)::
+
+    x in [-1, 1] ──VAE encoder (+LoRA)──► posterior ──sample──► z = latent · 0.18215
+    ε̂ = UNet(z, t = 999, prompt embedding)            (+ optional classifier-free guidance)
+    x̂0 = (z − √(1−ᾱ_t) · ε̂) / √ᾱ_t                  (DDPM ε→x0; with one step at t = 999 the
+                                                      scheduler's prev_sample equals x̂0)
+    image = clamp(VAE decoder(x̂0 / 0.18215), −1, 1)
+
+Engines are cached per (base model directory, device, dtype): a second ``OneStepSD.from_pretrained``
+of the same base returns the same engine, which is how sharing happens without any special casing.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import warnings
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from . import tiling as tiling_mod
+from .errors import CheckpointMismatchError, ConfigError, DeviceError, InvalidInputError
+from .hub import WeightsSpec, resolve_dir
+
+__all__ = ["OneStepSD", "OneStepOutput", "AdapterSet", "LongPromptMode", "resolve_device_dtype", "prompts_for_batch"]
+
+LongPromptMode = Literal["truncate", "chunk"]
+
+_BASE_FILES = [
+    "model_index.json",
+    "scheduler/*.json",
+    "tokenizer/*",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+]
+_REQUIRED = ("unet/config.json", "vae/config.json", "text_encoder/config.json", "tokenizer", "scheduler")
+_COMPONENTS = ("unet", "vae")
+
+
+def resolve_device_dtype(
+    device: str | torch.device | None, dtype: torch.dtype | str | None
+) -> tuple[torch.device, torch.dtype]:
+    """Normalise user device/dtype arguments; default: CUDA if available, fp32.
+
+    ``dtype`` may be a torch dtype or one of "fp32", "fp16", "bf16" (also "float16", "bfloat16", …).
+    fp16 on the CPU is refused (most CPU kernels lack it): use bf16 or fp32 there.
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DeviceError(f"Unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'.") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device={device!r} was requested but CUDA is not available; use device='cpu'.")
+    names = {
+        "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+        "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+        "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    }
+    if dtype is None:
+        dt = torch.float32
+    elif isinstance(dtype, str):
+        if dtype.lower() not in names:
+            raise DeviceError(f"Unknown dtype {dtype!r}; use 'fp32', 'fp16' or 'bf16'.")
+        dt = names[dtype.lower()]
+    elif dtype in (torch.float32, torch.float16, torch.bfloat16):
+        dt = dtype
+    else:
+        raise DeviceError(f"Unsupported dtype {dtype!r}; use torch.float32, torch.float16 or torch.bfloat16.")
+    if dev.type == "cpu" and dt == torch.float16:
+        raise DeviceError("fp16 is not supported on the CPU; use dtype='bf16' or 'fp32' there, or a CUDA device.")
+    return dev, dt
+
+
+def prompts_for_batch(prompt: str | Sequence[str] | None, batch: int) -> list[str]:
+    """One prompt string per image: ``None`` -> empty prompts, a string -> repeated, a list -> checked."""
+    if prompt is None:
+        return [""] * batch
+    if isinstance(prompt, str):
+        return [prompt] * batch
+    prompts = list(prompt)
+    if len(prompts) != batch or not all(isinstance(p, str) for p in prompts):
+        raise InvalidInputError(
+            f"prompt must be a string or a list of {batch} strings (one per image), got {prompt!r}."
+        )
+    return prompts
+
+
+@dataclass
+class AdapterSet:
+    """A named group of LoRA adapters and parameter overrides, activated together.
+
+    Attributes:
+        name: the set's name (unique per engine).
+        adapters: component ("unet" / "vae") -> full peft adapter names of this set.
+        overrides: (component, parameter name in the *unwrapped* base model, e.g. "conv_in.weight")
+            -> tensor that replaces that base parameter while the set is active.
+    """
+
+    name: str
+    adapters: dict[str, list[str]] = field(default_factory=lambda: {c: [] for c in _COMPONENTS})
+    overrides: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class OneStepOutput:
+    """Every intermediate of one engine pass (all tensors batch-first).
+
+    image: (B,3,H,W) in [-1,1] (clamped); decoded_raw: the decoder output before clamping;
+    latent: (B,4,H/8,W/8) scaled VAE latent (UNet input); posterior_mean / posterior_std: unscaled;
+    model_pred: the UNet's ε prediction (after guidance); x0: predicted clean latent (scaled).
+    """
+
+    image: torch.Tensor
+    decoded_raw: torch.Tensor
+    latent: torch.Tensor
+    model_pred: torch.Tensor
+    x0: torch.Tensor
+    posterior_mean: torch.Tensor
+    posterior_std: torch.Tensor
+
+
+_ENGINES: "weakref.WeakValueDictionary[tuple, OneStepSD]" = weakref.WeakValueDictionary()
+_ENGINES_LOCK = threading.Lock()
+
+
+def _adapter_token(text: str) -> str:
+    token = re.sub(r"[^0-9a-zA-Z_]", "_", text)
+    return token or "_"
+
+
+class OneStepSD(nn.Module):
+    """SD2.1-style one-step engine with switchable adapter sets.
+
+    Args:
+        vae: diffusers ``AutoencoderKL``; unet: diffusers ``UNet2DConditionModel``;
+        text_encoder: transformers ``CLIPTextModel``; tokenizer: its CLIP tokenizer;
+        alphas_cumprod: (1000,) float64 ᾱ_t of the base model's DDPM schedule;
+        base_model: id or path the base was loaded from (recorded in saved projectors);
+        revision: Hub revision, if any; tiling: when and how to tile (see :mod:`elqproj.tiling`).
+    """
+
+    def __init__(
+        self,
+        vae: nn.Module,
+        unet: nn.Module,
+        text_encoder: nn.Module,
+        tokenizer: Any,
+        alphas_cumprod: torch.Tensor,
+        *,
+        base_model: str = "",
+        revision: str | None = None,
+        tiling: tiling_mod.TilingConfig | None = None,
+        prompt_cache_size: int = 256,
+    ) -> None:
+        super().__init__()
+        self.vae = vae
+        self.unet = unet
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.register_buffer("alphas_cumprod", alphas_cumprod.to(torch.float64), persistent=False)
+        self.base_model = base_model
+        self.revision = revision
+        self.tiling = tiling or tiling_mod.TilingConfig()
+        self.scaling_factor = float(vae.config.scaling_factor)
+        for module in (vae, unet, text_encoder):
+            module.requires_grad_(False)
+            module.eval()
+        self._sets: dict[str, AdapterSet] = {}
+        self._pristine: dict[tuple[str, str], torch.Tensor] = {}
+        self._active: str | None = None
+        self._merged = False
+        self._lock = threading.RLock()
+        self._prompt_cache: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
+        self._prompt_cache_size = prompt_cache_size
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        base_model: WeightsSpec,
+        *,
+        revision: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        shared: bool = True,
+        tiling: tiling_mod.TilingConfig | None = None,
+    ) -> OneStepSD:
+        """Load an SD2.1-style base from a diffusers-layout directory or Hub id.
+
+        With ``shared=True`` (default) an engine already loaded from the same directory on the same
+        device and dtype is returned instead of a second copy; adapter sets of different users live
+        side by side on it. ``shared=False`` always loads a private copy (training uses that).
+        """
+        dev, dt = resolve_device_dtype(device, dtype)
+        local = resolve_dir(base_model, revision=revision, allow_patterns=_BASE_FILES, required=_REQUIRED)
+        key = (str(Path(local).resolve()), str(dev), str(dt))
+        if shared:
+            with _ENGINES_LOCK:
+                engine = _ENGINES.get(key)
+            if engine is not None:
+                return engine
+        engine = cls._load(local, dev, dt, base_model=str(base_model), revision=revision, tiling=tiling)
+        if shared:
+            with _ENGINES_LOCK:
+                _ENGINES[key] = engine
+        return engine
+
+    @classmethod
+    def _load(cls, local: Path, device: torch.device, dtype: torch.dtype, *, base_model: str,
+              revision: str | None, tiling: tiling_mod.TilingConfig | None) -> OneStepSD:
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import AutoTokenizer, CLIPTextModel
+
+        try:
+            vae = AutoencoderKL.from_pretrained(local, subfolder="vae")
+            unet = UNet2DConditionModel.from_pretrained(local, subfolder="unet")
+            text_encoder = CLIPTextModel.from_pretrained(local, subfolder="text_encoder")
+            tokenizer = AutoTokenizer.from_pretrained(local, subfolder="tokenizer")
+            # The official OSEDiff/S3Diff code reads the noise schedule as DDPM whatever class the
+            # folder names (SD2.1-base ships a PNDM config with the same betas).
+            scheduler = DDPMScheduler.from_pretrained(local, subfolder="scheduler")
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise CheckpointMismatchError(
+                f"{base_model} ({local}) is not a Stable Diffusion 2.x diffusers tree: {exc}"
+            ) from exc
+        if scheduler.config.prediction_type != "epsilon":
+            raise CheckpointMismatchError(
+                f"{base_model} predicts {scheduler.config.prediction_type!r}; the one-step engine needs an "
+                "epsilon-prediction base such as stabilityai/stable-diffusion-2-1-base."
+            )
+        engine = cls(vae, unet, text_encoder, tokenizer, scheduler.alphas_cumprod.clone(),
+                     base_model=base_model, revision=revision, tiling=tiling)
+        return engine.to(device=device, dtype=dtype)
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    def _apply(self, fn, recurse: bool = True):  # keep overrides and caches on the engine's device/dtype
+        super()._apply(fn, recurse)
+        for store in [self._pristine] + [s.overrides for s in self._sets.values()]:
+            for key, value in store.items():
+                store[key] = fn(value)
+        self._prompt_cache.clear()
+        return self
+
+    # ------------------------------------------------------------- adapter sets
+    def adapter_name(self, set_name: str, suffix: str) -> str:
+        """Full peft adapter name for ``suffix`` inside set ``set_name`` (unique per engine)."""
+        return f"{_adapter_token(set_name)}__{_adapter_token(suffix)}"
+
+    def has_adapter_set(self, name: str) -> bool:
+        return name in self._sets
+
+    def adapter_sets(self) -> list[str]:
+        return list(self._sets)
+
+    def add_adapter_set(
+        self,
+        name: str,
+        *,
+        unet: Mapping[str, Any] | None = None,
+        vae: Mapping[str, Any] | None = None,
+    ) -> AdapterSet:
+        """Create set ``name`` with peft ``LoraConfig``s per adapter suffix, e.g.
+        ``add_adapter_set("osediff", unet={"encoder": cfg_a, "decoder": cfg_b}, vae={"encoder": cfg_c})``.
+
+        New LoRA weights follow the config's init (e.g. B = 0); load trained ones with
+        :meth:`load_adapter_state`.
+        """
+        with self._lock:
+            if name in self._sets:
+                raise ConfigError(f"Adapter set {name!r} already exists on this engine.")
+            self._unmerge()
+            adapter_set = AdapterSet(name)
+            # peft initialises LoRA A randomly: fork the RNG so loading never perturbs the user's seeds.
+            with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+                # peft warns whenever a second adapter is added to a model: that is the point here.
+                warnings.filterwarnings("ignore", message=".*multiple adapters.*")
+                for component, configs in (("unet", unet or {}), ("vae", vae or {})):
+                    model = getattr(self, component)
+                    for suffix, config in configs.items():
+                        full = self.adapter_name(name, suffix)
+                        model.add_adapter(config, adapter_name=full)
+                        adapter_set.adapters[component].append(full)
+            self._sets[name] = adapter_set
+            # peft leaves new adapters trainable and possibly active: restore the active set's state.
+            previous, self._active = self._active, None
+            self.activate(previous)
+            for model in (self.unet, self.vae):
+                model.requires_grad_(False)
+            return adapter_set
+
+    def set_override(self, set_name: str, component: str, param_name: str, value: torch.Tensor) -> None:
+        """Replace base parameter ``param_name`` of ``component`` by ``value`` while ``set_name`` is active."""
+        with self._lock:
+            self._unmerge()
+            param = self._base_parameter(component, param_name)
+            if value.shape != param.shape:
+                raise CheckpointMismatchError(
+                    f"Override {component}.{param_name} has shape {tuple(value.shape)}, but the base model's "
+                    f"parameter has {tuple(param.shape)}: the checkpoint belongs to another base model."
+                )
+            key = (component, param_name)
+            if key not in self._pristine:
+                if self._active is not None and any(key in s.overrides for s in self._sets.values()):
+                    raise ConfigError("internal: pristine value missing for an overridden parameter")
+                self._pristine[key] = param.detach().clone()
+            self._sets[set_name].overrides[key] = value.detach().to(param.device, param.dtype).clone()
+            if self._active is not None:
+                active, self._active = self._active, None
+                self.activate(active)
+
+    def _base_parameter(self, component: str, name: str) -> nn.Parameter:
+        model = getattr(self, component)
+        try:
+            return model.get_parameter(name)
+        except AttributeError:
+            module, _, leaf = name.rpartition(".")
+            try:  # peft wraps targeted layers: `conv_in.weight` lives at `conv_in.base_layer.weight`
+                return model.get_parameter(f"{module}.base_layer.{leaf}" if module else f"base_layer.{leaf}")
+            except AttributeError:
+                raise CheckpointMismatchError(f"The base {component} has no parameter {name!r}.") from None
+
+    def override_parameter_names(self, set_name: str) -> list[tuple[str, str]]:
+        return list(self._sets[set_name].overrides)
+
+    def activate(self, name: str | None) -> None:
+        """Make set ``name`` (or no set, ``None``) the one the next forward passes use."""
+        with self._lock:
+            if name is not None and name not in self._sets:
+                raise ConfigError(f"No adapter set {name!r} on this engine (have: {list(self._sets)}).")
+            if name == self._active:
+                return
+            self._unmerge()
+            chosen = self._sets.get(name) if name is not None else None
+            with torch.no_grad():  # a no_grad copy bumps the version counter: a stale autograd graph errors loudly
+                for key, pristine in self._pristine.items():
+                    value = chosen.overrides.get(key, pristine) if chosen else pristine
+                    self._base_parameter(*key).copy_(value)
+            for component in _COMPONENTS:
+                model = getattr(self, component)
+                if not getattr(model, "_hf_peft_config_loaded", False):
+                    continue
+                names = chosen.adapters[component] if chosen else []
+                if names:
+                    model.enable_adapters()
+                    model.set_adapter(names)
+                else:
+                    model.disable_adapters()
+            self._active = name
+
+    @property
+    def active_set(self) -> str | None:
+        return self._active
+
+    @contextmanager
+    def using(self, name: str | None) -> Iterator[OneStepSD]:
+        """Run the block with set ``name`` active, holding the engine's lock (thread-safe sharing)."""
+        with self._lock:
+            self.activate(name)
+            yield self
+
+    def merge(self) -> None:
+        """Merge the active set's LoRA into the base weights (faster inference, same result).
+
+        Only allowed while the engine holds a single adapter set: un-merging in reduced precision
+        does not restore the base weights bit-exactly, so repeated set switches would drift.
+        """
+        with self._lock:
+            if len(self._sets) != 1:
+                raise ConfigError(
+                    f"merge() needs an engine with exactly one adapter set (this one has {list(self._sets)}); "
+                    "load the restorer on its own engine (shared=False) to merge its LoRA."
+                )
+            only = next(iter(self._sets))
+            self.activate(only)
+            if self._merged:
+                return
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            for component in _COMPONENTS:
+                names = self._sets[only].adapters[component]
+                for module in getattr(self, component).modules():
+                    if isinstance(module, BaseTunerLayer) and any(n in module.lora_A for n in names):
+                        module.merge(adapter_names=[n for n in names if n in module.lora_A])
+            self._merged = True
+
+    def _unmerge(self) -> None:
+        if not self._merged:
+            return
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for component in _COMPONENTS:
+            for module in getattr(self, component).modules():
+                if isinstance(module, BaseTunerLayer) and module.merged:
+                    module.unmerge()
+        self._merged = False
+
+    def load_adapter_state(self, set_name: str, component: str, state: Mapping[str, torch.Tensor]) -> None:
+        """Copy LoRA tensors (keys ``<module>.lora_A.<full adapter name>.weight`` …) into ``component``.
+
+        Every LoRA tensor of the set's adapters on that component must be provided and every key must
+        exist with the right shape; otherwise :class:`CheckpointMismatchError` names the offenders.
+        """
+        model = getattr(self, component)
+        own = model.state_dict()
+        names = self._sets[set_name].adapters[component]
+        unexpected = [k for k in state if k not in own]
+        wrong_shape = [k for k in state if k in own and own[k].shape != state[k].shape]
+        missing = [k for k in own if any(f".{n}." in k for n in names) and k not in state]
+        if unexpected or wrong_shape or missing:
+            parts = []
+            for label, keys in (("unexpected", unexpected), ("wrong shape", wrong_shape), ("missing", missing)):
+                if keys:
+                    parts.append(f"{len(keys)} {label} (e.g. {', '.join(sorted(keys)[:3])})")
+            raise CheckpointMismatchError(
+                f"LoRA weights for {component} of adapter set {set_name!r} do not fit the base model: "
+                + "; ".join(parts) + ". Is the checkpoint for this base model and LoRA rank?"
+            )
+        with self._lock, torch.no_grad():
+            self._unmerge()
+            params = dict(model.named_parameters())
+            for key, value in state.items():
+                params[key].copy_(value.to(params[key].dtype))
+
+    def adapter_state(self, set_name: str, component: str) -> dict[str, torch.Tensor]:
+        """The LoRA tensors of ``set_name`` on ``component`` (keys with full adapter names)."""
+        names = self._sets[set_name].adapters[component]
+        return {k: v for k, v in getattr(self, component).state_dict().items()
+                if any(f".{n}." in k for n in names)}
+
+    def adapter_parameters(self, set_name: str) -> list[nn.Parameter]:
+        """Trainable tensors of a set: its LoRA parameters (overrides are handled by the trainer)."""
+        out = []
+        for component in _COMPONENTS:
+            names = self._sets[set_name].adapters[component]
+            out += [p for k, p in getattr(self, component).named_parameters()
+                    if any(f".{n}." in k for n in names)]
+        return out
+
+    # ------------------------------------------------------------------ prompts
+    def encode_prompt(self, prompts: Sequence[str], *, long_prompt: LongPromptMode = "truncate") -> torch.Tensor:
+        """Text embeddings ``(B, 77·k, D)`` in the engine dtype; cached per prompt string.
+
+        ``long_prompt="truncate"`` is the official behaviour (77 tokens, truncation, padding with the
+        pad token, last hidden state, no attention mask): k = 1. ``"chunk"`` splits a longer prompt
+        into 75-token chunks, encodes each as its own 77-token sequence and concatenates them; prompts
+        with fewer chunks are padded with empty-chunk embeddings so the batch stacks.
+        """
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if long_prompt not in ("truncate", "chunk"):
+            raise InvalidInputError(f"long_prompt={long_prompt!r}; use 'truncate' or 'chunk'.")
+        bad = [p for p in prompts if not isinstance(p, str)]
+        if bad:
+            raise InvalidInputError(f"Prompts must be strings, got {type(bad[0]).__name__}: {bad[0]!r}.")
+        embeds = [self._encode_one(p, long_prompt) for p in prompts]
+        longest = max(e.shape[1] for e in embeds)
+        if any(e.shape[1] != longest for e in embeds):
+            empty = self._encode_one("", "truncate")
+            embeds = [torch.cat([e] + [empty] * ((longest - e.shape[1]) // empty.shape[1]), dim=1) for e in embeds]
+        return torch.cat(embeds, dim=0)
+
+    def _token_chunks(self, text: str, mode: LongPromptMode) -> torch.Tensor:
+        tok = self.tokenizer
+        length = tok.model_max_length
+        if mode == "truncate":
+            ids = tok(text, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
+            return ids
+        body = tok(text, add_special_tokens=False, truncation=False).input_ids
+        width = length - 2
+        chunks = [body[i:i + width] for i in range(0, len(body), width)] or [[]]
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        rows = [[tok.bos_token_id] + c + [tok.eos_token_id] + [pad] * (width - len(c)) for c in chunks]
+        return torch.tensor(rows, dtype=torch.long)
+
+    def _encode_one(self, text: str, mode: LongPromptMode) -> torch.Tensor:
+        key = (mode, text)
+        with self._lock:
+            cached = self._prompt_cache.get(key)
+            if cached is not None:
+                self._prompt_cache.move_to_end(key)
+                return cached
+        ids = self._token_chunks(text, mode).to(self.text_encoder.device)
+        with torch.no_grad():
+            hidden = self.text_encoder(ids)[0]  # (k, 77, D): last hidden state incl. final layer norm
+        value = hidden.reshape(1, -1, hidden.shape[-1]).to(self.dtype)
+        with self._lock:
+            self._prompt_cache[key] = value
+            while len(self._prompt_cache) > self._prompt_cache_size:
+                self._prompt_cache.popitem(last=False)
+        return value
+
+    # ------------------------------------------------------------------- stages
+    def draw_encoder_noise(self, shape: Sequence[int], *, seed: int | None = None,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+        """N(0,1) noise for the VAE posterior sample, drawn on the CPU in float32 so that a seed gives
+        the same image on every device (on CPU, seed N equals the official script after
+        ``torch.manual_seed(N)``)."""
+        if generator is None:
+            generator = torch.Generator("cpu")
+            if seed is None:
+                generator.seed()
+            else:
+                generator.manual_seed(int(seed))
+        return torch.randn(tuple(shape), generator=generator, dtype=torch.float32, device=generator.device)
+
+    def latent_shape(self, x: torch.Tensor) -> tuple[int, int, int, int]:
+        return (x.shape[0], int(self.vae.config.latent_channels), x.shape[2] // 8, x.shape[3] // 8)
+
+    def encode_image(
+        self,
+        x: torch.Tensor,
+        *,
+        noise: torch.Tensor | None = None,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        sample_posterior: bool = True,
+    ) -> tuple[torch.Tensor, Any]:
+        """VAE-encode ``x`` (B,3,H,W) in [-1,1], H and W multiples of 8, with the active set's encoder LoRA.
+
+        Returns ``(latent, posterior)``: latent = (mean + std·noise)·scaling_factor, shape (B,4,H/8,W/8).
+        ``noise`` (same shape) is injected as given; else it is drawn from ``seed``/``generator``.
+        ``sample_posterior=False`` uses the posterior mean (deterministic).
+        """
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] % 8 or x.shape[3] % 8:
+            raise InvalidInputError(
+                f"encode_image needs (B,3,H,W) with H, W multiples of 8, got {tuple(x.shape)}; pad the image first."
+            )
+        posterior = tiling_mod.vae_encode(self.vae, x.to(self.vae.device, self.vae.dtype), self.tiling)
+        mean = posterior.mean
+        if not sample_posterior:
+            return mean * self.scaling_factor, posterior
+        if noise is None:
+            noise = self.draw_encoder_noise(mean.shape, seed=seed, generator=generator)
+        elif tuple(noise.shape) != tuple(mean.shape):
+            raise InvalidInputError(
+                f"encoder_noise has shape {tuple(noise.shape)}, expected {tuple(mean.shape)} (B,4,H/8,W/8)."
+            )
+        noise = noise.to(mean.device, mean.dtype)
+        return (mean + posterior.std * noise) * self.scaling_factor, posterior
+
+    def predict_noise(
+        self,
+        latent: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        *,
+        timestep: int = 999,
+        negative_embeds: torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
+    ) -> torch.Tensor:
+        """UNet ε-prediction at ``timestep``; with ``negative_embeds``, classifier-free guidance
+        ε = ε(neg) + s·(ε(pos) − ε(neg)) from two separate UNet calls (as the official S3Diff code).
+        Latent tiling (Gaussian-blended) applies per :attr:`tiling`."""
+        t = torch.tensor([timestep], device=latent.device)
+        pos = prompt_embeds.to(latent.device, self.unet.dtype)
+        neg = negative_embeds.to(latent.device, self.unet.dtype) if negative_embeds is not None else None
+
+        def eps(z: torch.Tensor) -> torch.Tensor:
+            out = self.unet(z, t, encoder_hidden_states=pos).sample
+            if neg is not None:
+                uncond = self.unet(z, t, encoder_hidden_states=neg).sample
+                out = uncond + guidance_scale * (out - uncond)
+            return out
+
+        latent = latent.to(self.unet.dtype)
+        h, w = latent.shape[-2:]
+        if self.tiling.latent_needs_tiling(h, w):
+            return tiling_mod.tiled_latent_apply(eps, latent, tile=self.tiling.latent_tile,
+                                                 overlap=self.tiling.latent_overlap)
+        return eps(latent)
+
+    def x0_from_noise(self, latent: torch.Tensor, model_pred: torch.Tensor, timestep: int = 999) -> torch.Tensor:
+        """DDPM ε→x0: (z − √(1−ᾱ_t)·ε)/√ᾱ_t, computed in float32 (the official scheduler arithmetic
+        promotes to fp32), returned in the latent's dtype."""
+        alpha = self.alphas_cumprod[timestep].to(torch.float32)
+        x0 = (latent.float() - (1 - alpha).sqrt() * model_pred.float()) / alpha.sqrt()
+        return x0.to(latent.dtype)
+
+    def decode_latent(self, x0: torch.Tensor) -> torch.Tensor:
+        """VAE-decode a scaled latent (B,4,h,w) -> raw image (B,3,8h,8w), roughly [-1,1], unclamped."""
+        z = (x0 / self.scaling_factor).to(self.vae.dtype)
+        return tiling_mod.vae_decode(self.vae, z, self.tiling)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        *,
+        timestep: int = 999,
+        encoder_noise: torch.Tensor | None = None,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        sample_posterior: bool = True,
+        negative_embeds: torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
+        latent: torch.Tensor | None = None,
+    ) -> OneStepOutput:
+        """One step with the active adapter set: image (B,3,H,W) in [-1,1] -> restored image in [-1,1].
+
+        Differentiable (no ``no_grad`` inside) so that training can back-propagate through f and g.
+        ``latent`` skips the VAE encoder (LFO reuses the ELQ latent across passes: the encoder does not
+        depend on the prompt); then ``x`` is only used for its batch size.
+        """
+        if latent is None:
+            latent, posterior = self.encode_image(x, noise=encoder_noise, seed=seed, generator=generator,
+                                                  sample_posterior=sample_posterior)
+            mean, std = posterior.mean, posterior.std
+        else:
+            mean = std = torch.empty(0)
+        model_pred = self.predict_noise(latent, prompt_embeds, timestep=timestep,
+                                        negative_embeds=negative_embeds, guidance_scale=guidance_scale)
+        x0 = self.x0_from_noise(latent, model_pred, timestep)
+        raw = self.decode_latent(x0)
+        return OneStepOutput(image=raw.clamp(-1, 1), decoded_raw=raw, latent=latent, model_pred=model_pred,
+                             x0=x0, posterior_mean=mean, posterior_std=std)

@@ -1,0 +1,341 @@
+"""The Projector f: a one-step SD2.1 + LoRA network that lifts an extreme-LQ image onto the LQ manifold.
+
+f has OSEDiff's architecture (IRIB paper, Sec. 3): LoRA (rank 4 by default) on the VAE encoder and the
+UNet, optionally a fully trained UNet ``conv_in``, one UNet evaluation at t = 999 conditioned on a
+prompt, ε→x0, VAE decode. Input and output have the same size. It runs on a
+:class:`~elqproj.onestep.OneStepSD` engine that it may share with the OSEDiff restorer.
+
+A saved projector is a directory::
+
+    config.json              ProjectorConfig (base model id + revision, LoRA rank/alpha/targets, …)
+    projector.safetensors    LoRA tensors ("unet.<module>.lora_A.weight", …) and full weights ("unet.conv_in.weight")
+    README.md                model card
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from safetensors.torch import load_file, save_file
+
+from . import __version__, imageio
+from .errors import CheckpointMismatchError, ConfigError, InvalidInputError
+from .hub import WeightsSpec, resolve_dir
+from .onestep import OneStepOutput, OneStepSD, prompts_for_batch
+
+__all__ = ["Projector", "ProjectorConfig", "SD21_BASE"]
+
+SD21_BASE = "stabilityai/stable-diffusion-2-1-base"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "projector.safetensors"
+
+# OSEDiff's LoRA targets (osediff.py initialize_unet / initialize_vae), as peft target specs.
+_UNET_TARGETS = [
+    "to_k", "to_q", "to_v", "to_out.0", "conv", "conv1", "conv2", "conv_in", "conv_shortcut",
+    "conv_out", "proj_out", "proj_in", "ff.net.2", "ff.net.0.proj",
+]
+_VAE_TARGETS = r"^(encoder\..*(conv1|conv2|conv_in|conv_shortcut|conv|conv_out|to_k|to_q|to_v|to_out\.0)|quant_conv)$"
+_instances = itertools.count()
+
+
+class ProjectorConfig(BaseModel):
+    """Everything that defines a projector's shape; saved as config.json and round-trips.
+
+    Attributes:
+        base_model: Hub id or path of the SD2.1-style base the LoRA was trained on.
+        base_revision: Hub revision of the base (None = main).
+        lora_rank / lora_alpha: LoRA rank and alpha (scaling alpha/rank; OSEDiff's implicit alpha is 8).
+        unet_target_modules / vae_target_modules: peft target specs (list of name suffixes, or a regex).
+        full_weights: base parameters trained in full and stored in the projector (OSEDiff trains
+            the UNet conv_in), as "unet.<param>" / "vae.<param>".
+        timestep: the fixed UNet timestep (999 as in OSEDiff).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_model: str = SD21_BASE
+    base_revision: str | None = None
+    lora_rank: int = Field(4, ge=1, le=1024)
+    lora_alpha: float = Field(8.0, gt=0)
+    unet_target_modules: list[str] | str = Field(default_factory=lambda: list(_UNET_TARGETS))
+    vae_target_modules: list[str] | str = _VAE_TARGETS
+    full_weights: list[str] = Field(default_factory=lambda: ["unet.conv_in.weight", "unet.conv_in.bias"])
+    timestep: int = Field(999, ge=0, le=999)
+    elqproj_version: str = __version__
+
+    @field_validator("full_weights")
+    @classmethod
+    def _components(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if v.split(".", 1)[0] not in ("unet", "vae") or "." not in v]
+        if bad:
+            raise ValueError(f"full_weights entries must look like 'unet.<param>' or 'vae.<param>', got {bad}")
+        return value
+
+    def lora_config(self, component: str):
+        from peft import LoraConfig
+
+        targets = self.unet_target_modules if component == "unet" else self.vae_target_modules
+        return LoraConfig(r=self.lora_rank, lora_alpha=self.lora_alpha, init_lora_weights="gaussian",
+                          target_modules=targets, lora_dropout=0.0)
+
+
+class Projector(torch.nn.Module):
+    """f: extreme-LQ image -> LQ proxy of the same size. Load with :meth:`from_base` (fresh) or
+    :meth:`from_pretrained` (saved); run with :meth:`project` (f alone) or :meth:`restore` (f then g)."""
+
+    def __init__(self, engine: OneStepSD, config: ProjectorConfig, adapter_set: str) -> None:
+        super().__init__()
+        self.engine = engine
+        self.config = config
+        self.adapter_set = adapter_set
+        self._restorers: dict[Any, Any] = {}
+
+    # ---------------------------------------------------------------- creation
+    @classmethod
+    def from_base(
+        cls,
+        base_model: WeightsSpec = SD21_BASE,
+        *,
+        lora_rank: int = 4,
+        revision: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        shared: bool = True,
+        **config: Any,
+    ) -> Projector:
+        """A fresh, untrained projector on ``base_model`` (LoRA B = 0: f starts as the base SD one-step
+        x0 predictor). Extra keyword arguments set :class:`ProjectorConfig` fields."""
+        try:
+            cfg = ProjectorConfig(base_model=os.fspath(base_model), base_revision=revision,
+                                  lora_rank=lora_rank, **config)
+        except ValueError as exc:
+            raise ConfigError(f"Invalid projector configuration: {exc}") from exc
+        engine = OneStepSD.from_pretrained(base_model, revision=revision, device=device, dtype=dtype, shared=shared)
+        projector = cls._attach(engine, cfg)
+        for name in cfg.full_weights:
+            component, param = name.split(".", 1)
+            engine.set_override(projector.adapter_set, component, param,
+                                engine._base_parameter(component, param).detach())
+        return projector
+
+    @classmethod
+    def _attach(cls, engine: OneStepSD, cfg: ProjectorConfig) -> Projector:
+        name = f"projector_{next(_instances)}"
+        try:
+            engine.add_adapter_set(name, unet={"unet": cfg.lora_config("unet")}, vae={"vae": cfg.lora_config("vae")})
+        except ValueError as exc:
+            raise CheckpointMismatchError(f"The projector's LoRA targets do not fit {engine.base_model}: {exc}") from exc
+        return cls(engine, cfg, name)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained: WeightsSpec,
+        *,
+        revision: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        base_model: WeightsSpec | None = None,
+        shared: bool = True,
+    ) -> Projector:
+        """Load a saved projector from a directory or Hub id (``revision`` = its Hub revision).
+
+        ``base_model`` overrides the base recorded in config.json (e.g. a local copy of SD2.1-base).
+        """
+        local = resolve_dir(pretrained, revision=revision, required=(CONFIG_NAME, WEIGHTS_NAME))
+        try:
+            cfg = ProjectorConfig.model_validate_json((local / CONFIG_NAME).read_text())
+        except ValueError as exc:
+            raise CheckpointMismatchError(f"{local / CONFIG_NAME} is not a projector config: {exc}") from exc
+        if base_model is not None:
+            cfg = cfg.model_copy(update={"base_model": os.fspath(base_model), "base_revision": None})
+        engine = OneStepSD.from_pretrained(cfg.base_model, revision=cfg.base_revision, device=device,
+                                           dtype=dtype, shared=shared)
+        projector = cls._attach(engine, cfg)
+        projector._load_weights(load_file(str(local / WEIGHTS_NAME)))
+        return projector
+
+    def _load_weights(self, tensors: dict[str, torch.Tensor]) -> None:
+        lora: dict[str, dict[str, torch.Tensor]] = {"unet": {}, "vae": {}}
+        full = set(self.config.full_weights)
+        for key, value in tensors.items():
+            component, rest = key.split(".", 1)
+            if component not in lora:
+                raise CheckpointMismatchError(f"Unexpected tensor {key!r} in {WEIGHTS_NAME}.")
+            if key in full:
+                self.engine.set_override(self.adapter_set, component, rest, value)
+            else:
+                adapter = self.engine.adapter_name(self.adapter_set, component)
+                lora[component][rest.replace(".weight", f".{adapter}.weight")] = value
+        missing = full - set(tensors)
+        if missing:
+            raise CheckpointMismatchError(f"{WEIGHTS_NAME} lacks the full weights {sorted(missing)}.")
+        for component, state in lora.items():
+            self.engine.load_adapter_state(self.adapter_set, component, state)
+
+    # ------------------------------------------------------------------ saving
+    def state_for_saving(self) -> dict[str, torch.Tensor]:
+        """The tensors of ``projector.safetensors`` (CPU, contiguous; adapter names stripped)."""
+        out: dict[str, torch.Tensor] = {}
+        for component in ("unet", "vae"):
+            adapter = self.engine.adapter_name(self.adapter_set, component)
+            for key, value in self.engine.adapter_state(self.adapter_set, component).items():
+                out[f"{component}.{key.replace(f'.{adapter}.', '.')}"] = value
+        live = self.engine.active_set == self.adapter_set
+        for name in self.config.full_weights:
+            component, param = name.split(".", 1)
+            if live:  # trained in place (training owns its engine): read the parameter itself
+                out[name] = self.engine._base_parameter(component, param).detach()
+            else:
+                out[name] = self.engine._sets[self.adapter_set].overrides[(component, param)]
+        return {k: v.detach().to("cpu").contiguous() for k, v in out.items()}
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write config.json, projector.safetensors and a model card to ``save_directory``."""
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        cfg = self.config.model_copy(update={"elqproj_version": __version__})
+        save_file(self.state_for_saving(), str(directory / WEIGHTS_NAME),
+                  metadata={"format": "pt", "elqproj_version": __version__})
+        (directory / CONFIG_NAME).write_text(json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")
+        (directory / "README.md").write_text(_model_card(cfg))
+        return directory
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str = "Upload elqproj projector",
+        revision: str | None = None,
+        api: Any = None,
+    ) -> Any:
+        """Save to a temporary directory and upload it to the Hub repository ``repo_id`` (created if
+        needed). ``api`` is a ``huggingface_hub.HfApi`` (default: a new one with ``token``).
+        Returns the ``upload_folder`` commit info."""
+        if api is None:
+            from huggingface_hub import HfApi
+
+            api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp)
+            return api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message,
+                                     revision=revision, repo_type="model")
+
+    # --------------------------------------------------------------- inference
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.engine.dtype
+
+    def encode_prompt(self, prompts: Sequence[str], *, long_prompt: str = "truncate") -> torch.Tensor:
+        return self.engine.encode_prompt(prompts, long_prompt=long_prompt)
+
+    def encode_image(self, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """Scaled VAE latent of ``x`` (B,3,H,W) in [-1,1] with f's encoder LoRA (prompt-independent)."""
+        with self.engine.using(self.adapter_set):
+            return self.engine.encode_image(x, **kwargs)[0]
+
+    def forward(self, x: torch.Tensor, prompt_embeds: torch.Tensor, **kwargs: Any) -> OneStepOutput:
+        """Differentiable f on (B,3,H,W) in [-1,1], H and W multiples of 8 -> :class:`OneStepOutput`
+        (``.image`` in [-1,1], same size). Keyword arguments go to :meth:`OneStepSD.forward`."""
+        with self.engine.using(self.adapter_set):
+            return self.engine(x, prompt_embeds, timestep=self.config.timestep, **kwargs)
+
+    @torch.no_grad()
+    def project(
+        self,
+        image: Any,
+        *,
+        prompt: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        encoder_noise: torch.Tensor | None = None,
+        sample_posterior: bool = True,
+        long_prompt: str = "truncate",
+    ) -> Any:
+        """f alone: ELQ image -> LQ proxy of the same size, in the input's kind (PIL, numpy, tensor).
+
+        ``prompt``: text (one, or one per image; None = empty prompt). For extracted prompts and LFO
+        use :meth:`restore` or :class:`~elqproj.pipeline.RestorationPipeline`.
+        """
+        x, meta = imageio.to_tensor(image)
+        padded, pad = imageio.pad_to_multiple(x, 8)
+        prompts = prompts_for_batch(prompt, x.shape[0])
+        embeds = self.encode_prompt(prompts, long_prompt=long_prompt)
+        out = self((padded * 2 - 1).to(self.device, self.dtype), embeds, encoder_noise=encoder_noise, seed=seed,
+                   sample_posterior=sample_posterior)
+        lq = imageio.crop_padding((out.image.float() * 0.5 + 0.5).cpu(), pad)
+        return imageio.from_tensor(lq, meta)
+
+    def restore(self, image: Any, *, backend: Any = "osediff", prompt: Any = None, lfo: int | str = 0,
+                backend_kwargs: dict[str, Any] | None = None, **kwargs: Any):
+        """f then g: see :meth:`elqproj.pipeline.RestorationPipeline.__call__` for every option.
+
+        ``backend``: a registered restorer name (loaded once with its default weights on this
+        projector's device/dtype, sharing the SD2.1 base where possible, then cached) or a loaded
+        :class:`~elqproj.adapters.base.Restorer`. ``backend_kwargs`` go to the loader of a named backend.
+        """
+        from .pipeline import RestorationPipeline
+
+        pipe = RestorationPipeline(self, self._restorer(backend, backend_kwargs or {}))
+        return pipe(image, prompt=prompt, lfo=lfo, **kwargs)
+
+    def _restorer(self, backend: Any, loader_kwargs: dict[str, Any]):
+        from .adapters.base import Restorer, get_restorer_class
+
+        if isinstance(backend, Restorer):
+            return backend
+        if not isinstance(backend, str):
+            raise InvalidInputError(
+                f"backend must be a restorer name ({', '.join(_known_restorers())}) or a loaded Restorer, "
+                f"got {type(backend).__name__}."
+            )
+        key = (backend.lower(), tuple(sorted((k, repr(v)) for k, v in loader_kwargs.items())))
+        if key not in self._restorers:
+            cls = get_restorer_class(backend)
+            kwargs = {"device": self.device, "dtype": self.dtype, **loader_kwargs}
+            if cls.capabilities.base_model == self.config.base_model and "base_model" not in kwargs:
+                kwargs["base_model"] = self.config.base_model
+                kwargs.setdefault("revision", self.config.base_revision)
+            self._restorers[key] = cls.from_pretrained(kwargs.pop("weights", None), **kwargs)
+        return self._restorers[key]
+
+
+def _known_restorers() -> list[str]:
+    from .adapters.base import list_restorers
+
+    return list_restorers()
+
+
+def _model_card(cfg: ProjectorConfig) -> str:
+    return f"""---
+library_name: elqproj
+base_model: {cfg.base_model}
+tags: [image-restoration, super-resolution, stable-diffusion, lora, elqproj]
+---
+# elqproj projector
+
+A projector f for extreme blind image restoration (IRIB): one-step {cfg.base_model} with rank-{cfg.lora_rank}
+LoRA on the UNet and VAE encoder. It maps an extremely degraded image to an ordinary low-quality image that a
+frozen restorer (OSEDiff, SeeSR, S3Diff) can handle.
+
+```python
+from elqproj import Projector
+proj = Projector.from_pretrained("<this repo or folder>", device="cuda")
+result = proj.restore("photo.jpg", backend="osediff", prompt="dape", lfo=2)
+result.image.save("restored.png")
+```
+"""
