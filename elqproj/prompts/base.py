@@ -1,0 +1,375 @@
+"""The prompt-extractor protocol (Y in the paper) and the registry that finds extractors by name.
+
+A prompt extractor turns images into one text prompt per image. It conditions both the Projector f and
+the restorer g, and the LFO loop calls it again on every intermediate LQ image (paper eq. 20-22).
+
+Built-in extractors are listed once in :data:`_BUILTIN` as ``"module:factory"`` strings, imported on
+first use (importing ``elqproj.prompts`` does not import timm or a VLM). Third-party packages add
+extractors through the entry-point group ``elqproj.prompt_extractors``::
+
+    [project.entry-points."elqproj.prompt_extractors"]
+    mytagger = "my_package.tagger:load_my_tagger"
+
+where ``load_my_tagger(weights=None, *, device=None, dtype=None, revision=None, **kwargs)`` returns a
+:class:`PromptExtractor`. See docs/prompts.md.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+import torch
+
+from elqproj.errors import ConfigError, DeviceError, InvalidInputError, UnknownNameError
+
+__all__ = [
+    "PromptResult",
+    "PromptExtractor",
+    "PromptExtractorFactory",
+    "register_prompt_extractor",
+    "load_prompt_extractor",
+    "list_prompt_extractors",
+    "describe_prompt_extractor",
+    "as_prompt_extractor",
+    "image_list",
+    "count_images",
+    "usable_texts",
+    "ENTRY_POINT_GROUP",
+]
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "elqproj.prompt_extractors"
+
+
+@dataclass
+class PromptResult:
+    """What a prompt extractor returns for a batch of B images.
+
+    Attributes:
+        texts: one prompt per image (``"dog, gray, neckband, sit"``; ``""`` is the empty prompt).
+        tags: per image, the tags (or phrases) of ``texts[i]`` in the order they appear there; ``None``
+            when the prompt is free text that was not split (fixed prompts, callables).
+        scores: ``(B, num_classes)`` float32 tag probabilities in [0, 1] (taggers only), else ``None``.
+        image_features: what SeeSR consumes from RAM/DAPE: ``(B, 145, 512)`` (pooled token + 12×12 Swin
+            tokens, projected to 512) in the tagger's dtype and device; ``None`` for extractors that
+            have no image embedding.
+    """
+
+    texts: list[str]
+    tags: list[list[str]] | None = None
+    scores: torch.Tensor | None = None
+    image_features: torch.Tensor | None = None
+
+
+class PromptExtractor(abc.ABC):
+    """Images -> one text prompt per image. Third-party extractors subclass this.
+
+    Subclasses implement :meth:`extract`; ``images`` is anything :func:`image_list` accepts, i.e. a
+    float tensor ``(B, 3, H, W)`` or ``(3, H, W)`` in [0, 1], or a list of ``(3, H, W)`` / ``(1, 3, H, W)``
+    tensors that may differ in size. Models override :meth:`to`.
+    """
+
+    name: str = "custom"
+
+    @abc.abstractmethod
+    def extract(self, images: Any) -> PromptResult:
+        """Prompts (and, for taggers, tags, scores and image features) for every image."""
+
+    def __call__(self, images: Any) -> list[str]:
+        """The prompts of :meth:`extract`; an unusable entry becomes ``""`` (logged)."""
+        return usable_texts(self.extract(images).texts, count_images(images), source=self.name)
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> PromptExtractor:
+        """Move the extractor's weights; extractors without weights return themselves unchanged."""
+        return self
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+#: ``factory(weights=None, *, device=None, dtype=None, revision=None, **kwargs) -> PromptExtractor``
+PromptExtractorFactory = Callable[..., PromptExtractor]
+
+
+@dataclass
+class _Entry:
+    factory: PromptExtractorFactory | str
+    description: str = ""
+    default_weights: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+# name -> entry whose factory is a "module:attr" string until first use (imports model code lazily)
+_BUILTIN: dict[str, _Entry] = {
+    "none": _Entry("elqproj.prompts.fixed:load_empty_prompt", "the empty prompt for every image (no conditioning)"),
+    "ram": _Entry(
+        "elqproj.prompts.ram:load_ram",
+        "RAM (Recognize Anything, Swin-L 14M) image tagger: 4585 tags, official per-class thresholds",
+        default_weights="xinyu1205/recognize_anything_model/ram_swin_large_14m.pth",
+    ),
+    "dape": _Entry(
+        "elqproj.prompts.ram:load_dape",
+        "DAPE (SeeSR's degradation-aware RAM: RAM + LoRA); also gives SeeSR's image features",
+        default_weights=None,
+        extras={"weights_note": "DAPE.pth is published on Google Drive only: download it and pass weights="},
+    ),
+    "vlm": _Entry(
+        "elqproj.prompts.vlm:load_vlm",
+        "a vision-language model (transformers image-text-to-text) describing the restored content",
+        default_weights="HuggingFaceTB/SmolVLM-256M-Instruct",
+    ),
+}
+_registry: dict[str, _Entry] = dict(_BUILTIN)
+_entry_points_loaded = False
+
+
+def register_prompt_extractor(
+    name: str,
+    factory: PromptExtractorFactory | str,
+    *,
+    description: str = "",
+    default_weights: str | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Make ``load_prompt_extractor(name, ...)`` (and ``prompt=name`` in the pipeline) build an extractor.
+
+    Args:
+        name: registry key, matched case-insensitively.
+        factory: ``factory(weights=None, *, device=None, dtype=None, revision=None, **kwargs)`` returning
+            a :class:`PromptExtractor` (a class whose constructor has that signature works), or its
+            ``"module:attr"`` path, imported on first use.
+        description: one line shown by :func:`describe_prompt_extractor` and ``elqproj info``.
+        default_weights: where the weights come from when ``weights=None`` (for display only; the
+            factory applies its own default).
+        overwrite: replace an existing entry of that name instead of raising :class:`ConfigError`.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidInputError(f"A prompt extractor name must be a non-empty string, got {name!r}.")
+    if not (isinstance(factory, str) or callable(factory)):
+        raise InvalidInputError(
+            f"register_prompt_extractor({name!r}, ...) needs a callable factory or a 'module:attr' string, "
+            f"got {type(factory).__name__}."
+        )
+    key = name.lower()
+    if key in _registry and not overwrite and _registry[key].factory != factory:
+        raise ConfigError(
+            f"A prompt extractor named {name!r} is already registered; pass overwrite=True to replace it."
+        )
+    _registry[key] = _Entry(factory, description, default_weights)
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name.lower() in _registry:
+            logger.warning("Entry point %s=%s ignored: the name is taken", ep.name, ep.value)
+            continue
+        _registry[ep.name.lower()] = _Entry(ep.value, f"third-party extractor ({ep.value})")
+
+
+def list_prompt_extractors() -> list[str]:
+    """Names accepted by :func:`load_prompt_extractor`: built-ins, registered ones and entry points."""
+    _load_entry_points()
+    return sorted(_registry)
+
+
+def _entry(name: str) -> _Entry:
+    _load_entry_points()
+    key = name.lower() if isinstance(name, str) else name
+    if key not in _registry:
+        raise UnknownNameError(
+            f"Unknown prompt extractor {name!r}. Known prompt extractors: {', '.join(sorted(_registry))}. "
+            "Pass one of these, a PromptExtractor, a callable images -> list[str], or register yours with "
+            "register_prompt_extractor()."
+        )
+    return _registry[key]
+
+
+def describe_prompt_extractor(name: str) -> dict[str, Any]:
+    """``{"name", "description", "default_weights", ...}`` of a registered extractor (no loading)."""
+    entry = _entry(name)
+    return {"name": name.lower(), "description": entry.description, "default_weights": entry.default_weights,
+            **entry.extras}
+
+
+def _factory(name: str) -> PromptExtractorFactory:
+    entry = _entry(name)
+    if isinstance(entry.factory, str):
+        module_name, _, attr = entry.factory.partition(":")
+        try:
+            entry.factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise UnknownNameError(
+                f"Prompt extractor {name!r} is registered as {entry.factory!r}, which cannot be imported: {exc}"
+            ) from exc
+    return entry.factory
+
+
+def load_prompt_extractor(
+    name: str,
+    *,
+    weights: Any = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    revision: str | None = None,
+    **kwargs: Any,
+) -> PromptExtractor:
+    """Load a registered extractor: ``load_prompt_extractor("dape", weights="DAPE.pth", device="cuda")``.
+
+    Args:
+        name: a name from :func:`list_prompt_extractors` (case-insensitive).
+        weights: local file/directory, Hub id or URL; ``None`` uses the extractor's default (see
+            :func:`describe_prompt_extractor`).
+        device, dtype: where the model runs (``None``: CPU / float32).
+        revision: Hub branch, tag or commit of ``weights``.
+        **kwargs: extractor-specific options (e.g. ``tag_list=``, ``config=`` for RAM; ``model_id=`` and
+            ``instruction=`` for the VLM); see each loader.
+
+    Raises:
+        UnknownNameError: ``name`` is not registered (the message lists the known names).
+    """
+    factory = _factory(name)
+    extractor = factory(weights=weights, device=device, dtype=dtype, revision=revision, **kwargs)
+    if not isinstance(extractor, PromptExtractor):
+        raise ConfigError(
+            f"The factory registered as {name!r} returned {type(extractor).__name__}, not a PromptExtractor."
+        )
+    return extractor
+
+
+def as_prompt_extractor(spec: Any) -> PromptExtractor:
+    """Turn whatever a user passes as ``prompt=`` into a :class:`PromptExtractor`.
+
+    The rule, in order:
+
+    * ``None`` or ``"none"`` -> the empty prompt (``""`` for every image);
+    * a :class:`PromptExtractor` -> itself;
+    * a registered name (``"ram"``, ``"dape"``, ``"vlm"``, ...; case-insensitive) ->
+      ``load_prompt_extractor(name)`` with its default weights;
+    * any other string -> that text for every image (``FixedPrompt``); use ``FixedPrompt("dape")`` to
+      force a literal text that happens to be a registered name;
+    * a callable ``images -> list[str]`` (or ``-> str`` for one image) -> wrapped (``CallablePrompt``).
+
+    Each call with a name loads a new extractor: load once with :func:`load_prompt_extractor` and pass the
+    object when calling repeatedly.
+    """
+    from elqproj.prompts.fixed import CallablePrompt, EmptyPrompt, FixedPrompt
+
+    if spec is None:
+        return EmptyPrompt()
+    if isinstance(spec, PromptExtractor):
+        return spec
+    if isinstance(spec, str):
+        _load_entry_points()
+        if spec.lower() in _registry:
+            return load_prompt_extractor(spec)
+        return FixedPrompt(spec)
+    if callable(spec):
+        return CallablePrompt(spec)
+    raise InvalidInputError(
+        f"prompt={spec!r} ({type(spec).__name__}) is not a prompt: pass None, a text, an extractor name "
+        f"({', '.join(list_prompt_extractors())}), a PromptExtractor, or a callable images -> list[str]."
+    )
+
+
+def usable_texts(texts: Any, num_images: int, *, source: str) -> list[str]:
+    """``texts`` as ``num_images`` strings; anything unusable becomes ``""`` with a logged warning.
+
+    An extractor that returns ``None``, a list of the wrong length, or non-strings must not crash a
+    restoration: the empty prompt is a trained path (the paper drops the prompt with p = 0.3 in training).
+    """
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, Sequence) or len(texts) != num_images:
+        logger.warning(
+            "Prompt extractor %r returned %r for %d image(s); using the empty prompt instead.",
+            source, texts if not isinstance(texts, Sequence) else f"{len(texts)} prompts", num_images,
+        )
+        return [""] * num_images
+    out = []
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            logger.warning("Prompt extractor %r returned %r for image %d; using the empty prompt.", source, text, i)
+            text = ""
+        out.append(text)
+    return out
+
+
+def count_images(images: Any) -> int:
+    """How many images ``images`` holds: B for ``(B,C,H,W)`` arrays, the length of a list, else 1."""
+    if isinstance(images, (list, tuple)):
+        return len(images)
+    shape = getattr(images, "shape", None)
+    if shape is not None and len(shape) == 4:
+        return int(shape[0])
+    return 1
+
+
+def image_list(images: Any) -> list[torch.Tensor]:
+    """Split ``images`` into a list of ``(3, H, W)`` float tensors in [0, 1], one per image.
+
+    Accepts a float tensor ``(B, 3, H, W)`` or ``(3, H, W)`` in [0, 1], or a list/tuple of such tensors
+    (sizes may differ; a ``(1, 3, H, W)`` item counts as one image). Values outside [0, 1] by more than
+    1e-3 (e.g. [-1, 1] VAE-range images) and non-finite values are rejected.
+
+    Raises:
+        InvalidInputError: anything else, naming what was passed and what is expected.
+    """
+    if isinstance(images, torch.Tensor):
+        items = list(images) if images.ndim == 4 else [images]
+    elif isinstance(images, (list, tuple)) and images:
+        items = []
+        for item in images:
+            if isinstance(item, torch.Tensor) and item.ndim == 4 and item.shape[0] == 1:
+                item = item[0]
+            items.append(item)
+    else:
+        raise InvalidInputError(
+            f"Cannot read images from {type(images).__name__}: prompt extractors take a float tensor "
+            "(B,3,H,W) or (3,H,W) in [0,1], or a non-empty list of (3,H,W) tensors."
+        )
+    for i, item in enumerate(items):
+        if not isinstance(item, torch.Tensor) or item.ndim != 3 or item.shape[0] != 3:
+            what = f"tensor of shape {tuple(item.shape)}" if isinstance(item, torch.Tensor) else type(item).__name__
+            raise InvalidInputError(
+                f"Image {i} is a {what}; expected an RGB float tensor (3,H,W) (batches: (B,3,H,W)) in [0,1]."
+            )
+        if not item.is_floating_point():
+            raise InvalidInputError(
+                f"Image {i} has dtype {item.dtype}; pass float values in [0,1] (e.g. uint8 tensor / 255)."
+            )
+        if item.shape[1] < 1 or item.shape[2] < 1:
+            raise InvalidInputError(f"Image {i} has size {tuple(item.shape[1:])}: it is empty.")
+        if not torch.isfinite(item).all():
+            raise InvalidInputError(f"Image {i} contains NaN or infinite values.")
+        low, high = float(item.min()), float(item.max())
+        if low < -1e-3 or high > 1 + 1e-3:
+            raise InvalidInputError(
+                f"Image {i} has values in [{low:.3g}, {high:.3g}]; prompt extractors take [0,1] images "
+                "(convert [-1,1] tensors with (x + 1) / 2)."
+            )
+    return items
+
+
+def move_module(module: torch.nn.Module, device: str | torch.device | None, dtype: torch.dtype | None,
+                *, owner: str) -> None:
+    """``module.to(device, dtype)`` in place, turning torch's device errors into :class:`DeviceError`."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise DeviceError(f"{owner}: dtype must be a floating torch.dtype (e.g. torch.float16), got {dtype!r}.")
+    try:
+        module.to(device=device, dtype=dtype)
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        raise DeviceError(
+            f"{owner}: cannot move to device={device!r}, dtype={dtype!r} ({exc}). Pick an available device "
+            "(torch.cuda.is_available()) and a dtype it supports."
+        ) from exc
