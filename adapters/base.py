@@ -104,6 +104,17 @@ class Restorer(torch.nn.Module, abc.ABC):
                 **kwargs: Any) -> Any:
         """Restore ``image``; see the subclass for its options."""
 
+    def configure_tiling(self, config: Any) -> None:
+        """Use ``config`` (:class:`elqproj.tiling.TilingConfig`) for latent and VAE tiling.
+
+        The default implementation serves restorers built on a :class:`~elqproj.onestep.OneStepSD`
+        engine (attribute ``engine``); others override it.
+        """
+        engine = getattr(self, "engine", None)
+        if engine is None:
+            raise ConfigError(f"The {self.name} restorer does not support tiling configuration.")
+        engine.tiling = config
+
     @property
     def device(self) -> torch.device:
         param = next(self.parameters(), None)

@@ -290,10 +290,13 @@ class Projector(torch.nn.Module):
         """
         from .pipeline import RestorationPipeline
 
-        pipe = RestorationPipeline(self, self._restorer(backend, backend_kwargs or {}))
+        pipe = RestorationPipeline(self, self.get_restorer(backend, **(backend_kwargs or {})))
         return pipe(image, prompt=prompt, lfo=lfo, **kwargs)
 
-    def _restorer(self, backend: Any, loader_kwargs: dict[str, Any]):
+    def get_restorer(self, backend: Any, **loader_kwargs: Any):
+        """The restorer g for ``backend``: a loaded Restorer as is, or a registered name loaded once on
+        this projector's device/dtype (on the projector's base model when g uses the same one, so the
+        SD weights are shared) and cached. ``loader_kwargs`` go to the restorer's ``from_pretrained``."""
         from .adapters.base import Restorer, get_restorer_class
 
         if isinstance(backend, Restorer):

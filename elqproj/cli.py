@@ -1,0 +1,201 @@
+"""The ``elqproj`` command line: ``restore``, ``info`` (and the commands other modules add).
+
+Each sub-command is one ``_cmd_<name>(args) -> int`` function plus its block in :func:`build_parser`;
+the work itself lives in the library, so everything the CLI does is also one Python call away.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import platform
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import ElqprojError, InvalidInputError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+logger = logging.getLogger("elqproj")
+
+
+def expand_inputs(items: Sequence[str]) -> list[Path]:
+    """Files, globs and folders (their images, sorted) -> list of image files, in order, deduplicated."""
+    found: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif path.is_file():
+            found.append(path)
+        else:
+            matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
+            files = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
+            if not files:
+                raise InvalidInputError(f"No image found for {item!r}: not a file, folder or matching glob.")
+            found += files
+    unique: dict[Path, None] = dict.fromkeys(found)
+    return list(unique)
+
+
+def output_paths(inputs: Sequence[Path], output: str) -> list[Path]:
+    """Where each input's result goes: ``-o file.png`` for one input, else ``-o folder/<stem>.png``."""
+    out = Path(output)
+    if len(inputs) == 1 and out.suffix.lower() in IMAGE_SUFFIXES:
+        return [out]
+    if out.suffix.lower() in IMAGE_SUFFIXES:
+        raise InvalidInputError(f"{len(inputs)} inputs need an output folder, but -o {output!r} names a file.")
+    return [out / f"{p.stem}.png" for p in inputs]
+
+
+def _lfo(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--lfo takes a non-negative integer or 'auto', not {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError("--lfo must be >= 0")
+    return number
+
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from . import imageio
+    from .adapters.base import load_restorer
+    from .tiling import TilingConfig
+
+    inputs = expand_inputs(args.inputs)
+    targets = output_paths(inputs, args.output)
+    todo = [(i, o) for i, o in zip(inputs, targets) if not (args.skip_existing and o.exists())]
+    if len(todo) < len(inputs):
+        logger.info("skipping %d existing outputs", len(inputs) - len(todo))
+    if not todo:
+        return 0
+    loader: dict[str, Any] = {"device": args.device, "dtype": args.dtype}
+    if args.base_model:
+        loader["base_model"] = args.base_model
+    if args.backend_weights:
+        loader["weights"] = args.backend_weights
+    tiling = TilingConfig(mode=args.tiling, **({"latent_tile": args.tile_size // 8} if args.tile_size else {}))
+    projector = None
+    if args.projector:
+        from .projector import Projector
+
+        projector = Projector.from_pretrained(args.projector, device=args.device, dtype=args.dtype,
+                                              base_model=args.base_model)
+        restorer = projector.get_restorer(args.backend, **{k: v for k, v in loader.items() if k == "weights"})
+        projector.engine.tiling = tiling
+    else:
+        restorer = load_restorer(args.backend, **loader)
+    restorer.configure_tiling(tiling)
+    restorer_kwargs = {"color_fix": args.color_fix} if args.color_fix else {}
+    failures = 0
+    for src, dst in tqdm(todo, desc="restore", unit="img", disable=args.quiet):
+        try:
+            image = imageio.load_image(src)
+            if projector is not None:
+                result = projector.restore(image, backend=restorer, prompt=args.prompt, lfo=args.lfo,
+                                           seed=args.seed, upscale=args.upscale, restorer_kwargs=restorer_kwargs)
+                out = result.image
+            else:
+                prompt = args.prompt if args.prompt is not None else ""
+                out = restorer.restore(image, prompt=prompt, seed=args.seed, upscale=args.upscale, **restorer_kwargs)
+            imageio.save_image(out, dst, exif=image.info.get("exif"))
+        except ElqprojError as exc:
+            failures += 1
+            tqdm.write(f"error: {src}: {exc}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
+    from .adapters.base import get_restorer_class, list_restorers
+
+    backends: dict[str, Any] = {}
+    for name in list_restorers():
+        try:
+            backends[name] = get_restorer_class(name).capabilities.as_dict()
+        except ElqprojError as exc:
+            backends[name] = {"error": str(exc)}
+    versions = {"elqproj": __version__, "python": platform.python_version(), "torch": torch.__version__}
+    for module in ("diffusers", "transformers", "peft", "huggingface_hub", "timm", "accelerate"):
+        try:
+            versions[module] = __import__(module).__version__
+        except ImportError:
+            versions[module] = None
+    devices = {"cuda": torch.cuda.is_available(),
+               "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+               "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())}
+    info = {"versions": versions, "devices": devices, "backends": backends}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"elqproj {__version__}")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if k != "elqproj"))
+    gpu = ", ".join(devices["cuda_devices"]) or "none"
+    print(f"devices: cpu; cuda: {gpu}")
+    print("backends:")
+    for name, cap in backends.items():
+        if "error" in cap:
+            print(f"  {name:<10} unavailable: {cap['error']}")
+            continue
+        dtypes = "fp32" + ("/fp16" if cap["supports_fp16"] else "") + ("/bf16" if cap["supports_bf16"] else "")
+        print(f"  {name:<10} x{cap['scale']}, {cap['steps']} step(s), {dtypes}, "
+              f"{'trainable-through' if cap['differentiable'] else 'inference-only'}; base {cap['base_model']}")
+        print(f"  {'':<10} code {cap['code_licence']}; weights {cap['weights_licence']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="elqproj", description="Extreme blind image restoration.")
+    parser.add_argument("--version", action="version", version=f"elqproj {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("restore", help="restore images (projector f, then restorer g)")
+    p.add_argument("inputs", nargs="+", help="image files, folders or globs")
+    p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
+    p.add_argument("--projector", help="projector directory or Hub id; without it only the backend runs")
+    p.add_argument("--backend", default="osediff", help="restorer name (see `elqproj info`)")
+    p.add_argument("--backend-weights", help="weights of the backend (path, Hub id or URL)")
+    p.add_argument("--base-model", help="SD base model directory or Hub id (overrides the default)")
+    p.add_argument("--prompt", help="prompt text, or an extractor name (none, ram, dape, vlm)")
+    p.add_argument("--lfo", type=_lfo, default=0, help="Look-Forward-Once passes, or 'auto' (default 0)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (reproducible results)")
+    p.add_argument("--upscale", type=int, default=1, help="output/input size ratio (default 1)")
+    p.add_argument("--color-fix", choices=["adain", "wavelet", "none"], help="colour correction of g")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="weights dtype")
+    p.add_argument("--tiling", default="auto", choices=["auto", "always", "never"], help="latent/VAE tiling")
+    p.add_argument("--tile-size", type=int, default=None, help="latent tile size in pixels (default 768)")
+    p.add_argument("--skip-existing", action="store_true", help="do not redo outputs that exist")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_restore)
+
+    p = sub.add_parser("info", help="backends, their capabilities and licences, devices, versions")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except ElqprojError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
