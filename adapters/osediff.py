@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from elqproj import imageio
-from elqproj.colorfix import ColorFix, color_fix
+from elqproj.colorfix import ColorFix, apply_color_fix
 from elqproj.errors import CheckpointMismatchError, InvalidInputError
 from elqproj.hub import load_checkpoint, nested_entry, resolve_file
 from elqproj.onestep import OneStepOutput, OneStepSD, prompts_for_batch
@@ -230,7 +230,7 @@ class OSEDiffRestorer(Restorer):
         restored = imageio.crop_padding((out.float() * 0.5 + 0.5).cpu(), pad)
         if official_pil:
             restored = _truncate_uint8(restored)  # ToPILImage truncates; the colour fix reads that image back
-        restored = color_fix(restored, source.to(restored.dtype), color_fix)
+        restored = apply_color_fix(restored, source.to(restored.dtype), color_fix)
         if official_pil:
             restored = _truncate_uint8(restored)
         return imageio.from_tensor(restored, meta)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .errors import InvalidInputError
 
-__all__ = ["ColorFix", "color_fix", "adain_raw", "wavelet_raw"]
+__all__ = ["ColorFix", "apply_color_fix", "adain_raw", "wavelet_raw"]
 
 ColorFix = Literal["adain", "wavelet", "none"]
 
@@ -67,7 +67,7 @@ def wavelet_raw(target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     return high + low
 
 
-def color_fix(target: torch.Tensor, source: torch.Tensor, method: ColorFix | str) -> torch.Tensor:
+def apply_color_fix(target: torch.Tensor, source: torch.Tensor, method: ColorFix | str) -> torch.Tensor:
     """Apply ``method`` ("adain", "wavelet" or "none") and clamp to [0, 1].
 
     Args:
