@@ -38,9 +38,8 @@ def golden_set(name: str) -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_caches(tmp_path_factory, monkeypatch):
-    """Keep every test's downloads/caches away from the user's home directory."""
-    root = tmp_path_factory.getbasetemp() / "caches"
-    monkeypatch.setenv("ELQPROJ_CACHE", str(root / "elqproj"))
+    """Keep every test's downloads/caches away from the user's home directory and from each other."""
+    monkeypatch.setenv("ELQPROJ_CACHE", str(tmp_path_factory.mktemp("elqproj_cache")))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
@@ -49,3 +48,53 @@ def tiny_sd21() -> Path:
     if not (TINY_SD21 / "model_index.json").is_file():
         raise FileNotFoundError(f"tiny SD2.1 fixture not found at {TINY_SD21}")
     return TINY_SD21
+
+
+OSEDIFF_GOLDEN_PKL = GOLDEN_DIR / "osediff" / "osediff.pkl"
+#: The Hub id the offline cache below serves the tiny SD2.1 fixture under (the real default base).
+SD21_HUB_ID = "stabilityai/stable-diffusion-2-1-base"
+
+
+def populate_hf_cache(cache: Path, repo_id: str, files: dict[str, Path], *, commit: str = "0" * 40) -> Path:
+    """Lay out ``files`` (repo path -> source file) as huggingface_hub's cache does for ``repo_id``:
+    ``models--org--name/{blobs,snapshots/<commit>,refs/main}``. Returns the snapshot directory."""
+    import hashlib
+    import shutil
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    for rel, src in files.items():
+        data = Path(src).read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        target = snapshot / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists() or target.is_symlink():
+            target.unlink()
+        try:
+            target.symlink_to(Path("../" * (len(Path(rel).parts) + 1)) / "blobs" / blob.name)
+        except OSError:  # filesystems without symlinks: huggingface_hub copies too
+            shutil.copyfile(blob, target)
+    return snapshot
+
+
+@pytest.fixture(scope="session")
+def hf_cache(tmp_path_factory, tiny_sd21) -> Path:
+    """An offline huggingface_hub cache serving the tiny SD2.1 fixture as the real SD2.1-base id."""
+    cache = tmp_path_factory.mktemp("hf_cache")
+    files = {str(p.relative_to(tiny_sd21)): p for p in tiny_sd21.rglob("*") if p.is_file()}
+    populate_hf_cache(cache, SD21_HUB_ID, files)
+    return cache
+
+
+@pytest.fixture
+def offline_hub(hf_cache, monkeypatch) -> Path:
+    """Point huggingface_hub at :func:`hf_cache` (it reads its cache constant at call time)."""
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hf_cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hf_cache))
+    return hf_cache
