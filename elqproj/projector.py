@@ -310,7 +310,8 @@ class Projector(torch.nn.Module):
         if key not in self._restorers:
             cls = get_restorer_class(backend)
             kwargs = {"device": self.device, "dtype": self.dtype, **loader_kwargs}
-            if cls.capabilities.base_model == self.config.base_model and "base_model" not in kwargs:
+            if cls.capabilities.base_model == SD21_BASE and "base_model" not in kwargs:
+                # g runs on the projector's own base (SD2.1-base or a local copy of it): one shared engine.
                 kwargs["base_model"] = self.config.base_model
                 kwargs.setdefault("revision", self.config.base_revision)
             self._restorers[key] = cls.from_pretrained(kwargs.pop("weights", None), **kwargs)
