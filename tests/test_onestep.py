@@ -1,0 +1,148 @@
+"""The shared one-step engine: adapter sets, sharing, prompt cache, long prompts, merge, devices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from elqproj import ConfigError, DeviceError, Projector, load_restorer
+from elqproj.errors import CheckpointMismatchError
+from elqproj.onestep import OneStepSD, resolve_device_dtype
+from tests.conftest import GOLDEN_DIR, OSEDIFF_GOLDEN_PKL, TINY_SD21
+
+
+@pytest.fixture(scope="module")
+def shared():
+    projector = Projector.from_base(TINY_SD21, device="cpu")
+    osediff = load_restorer("osediff", weights=OSEDIFF_GOLDEN_PKL, base_model=TINY_SD21, device="cpu")
+    return projector, osediff
+
+
+def _x(seed: int = 0, shape=(1, 3, 32, 40)) -> torch.Tensor:
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def test_projector_and_osediff_share_one_base(shared):
+    projector, osediff = shared
+    assert projector.engine is osediff.engine
+    unet_params = {p.data_ptr() for p in projector.engine.unet.parameters()}
+    assert all(p.data_ptr() in unet_params for p in osediff.engine.unet.parameters())
+
+
+def test_switching_sets_reproduces_a_private_engine(shared):
+    projector, osediff = shared
+    x = _x()
+    noise = torch.randn(1, 4, 4, 5, generator=torch.Generator().manual_seed(1))
+    private = load_restorer("osediff", weights=OSEDIFF_GOLDEN_PKL, base_model=TINY_SD21, device="cpu",
+                            engine=OneStepSD.from_pretrained(TINY_SD21, device="cpu", shared=False))
+    with torch.no_grad():
+        embeds = osediff.encode_prompt(["dog"])
+        expected = private(x, embeds, encoder_noise=noise).image
+        projector(x, embeds, encoder_noise=noise)  # activates f's set (different conv_in and LoRA)
+        got = osediff(x, embeds, encoder_noise=noise).image
+        again_f = projector(x, embeds, encoder_noise=noise).image
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert not torch.allclose(again_f, got)
+
+
+def test_conv_in_override_follows_the_active_set(shared):
+    projector, osediff = shared
+    engine = projector.engine
+    with engine.using(osediff.adapter_set):
+        conv_g = engine._base_parameter("unet", "conv_in.weight").clone()
+    with engine.using(projector.adapter_set):
+        conv_f = engine._base_parameter("unet", "conv_in.weight").clone()
+    assert not torch.equal(conv_f, conv_g)
+
+
+def test_prompt_embeddings_are_cached_per_string(shared):
+    engine = shared[0].engine
+    calls = []
+    handle = engine.text_encoder.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        a = engine.encode_prompt(["a cached prompt", "another one"])
+        b = engine.encode_prompt(["another one", "a cached prompt"])
+    finally:
+        handle.remove()
+    assert len(calls) == 2
+    torch.testing.assert_close(a[0], b[1])
+
+
+def test_long_prompt_chunks_are_concatenated(shared):
+    engine = shared[0].engine
+    long = ", ".join(f"tag{i}" for i in range(40))  # far more than 75 byte-level tokens
+    truncated = engine.encode_prompt([long])
+    chunked = engine.encode_prompt([long, "short"], long_prompt="chunk")
+    assert truncated.shape[1] == 77 and chunked.shape[1] % 77 == 0 and chunked.shape[1] > 77
+    torch.testing.assert_close(chunked[:1, :77], truncated)
+    torch.testing.assert_close(chunked[1:, :77], engine.encode_prompt(["short"]))
+
+
+def test_prompts_must_be_strings(shared):
+    with pytest.raises(Exception, match="strings"):
+        shared[0].engine.encode_prompt([3])
+
+
+def test_merge_gives_the_same_result_and_needs_a_private_engine(shared):
+    with pytest.raises(ConfigError, match="exactly one adapter set"):
+        shared[0].engine.merge()
+    merged = load_restorer("osediff", weights=OSEDIFF_GOLDEN_PKL, base_model=TINY_SD21, device="cpu", merge_lora=True)
+    x, noise = _x(2), torch.randn(1, 4, 4, 5, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        embeds = merged.encode_prompt(["dog"])
+        got = merged(x, embeds, encoder_noise=noise).image
+        expected = shared[1](x, embeds, encoder_noise=noise).image
+    assert merged.engine is not shared[1].engine
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_encoder_noise_shape_is_checked(shared):
+    with pytest.raises(Exception, match=r"expected \(1, 4, 4, 5\)"):
+        shared[1](_x(), shared[1].encode_prompt([""]), encoder_noise=torch.zeros(1, 4, 2, 2))
+
+
+def test_seeded_runs_repeat_and_differ_across_seeds(shared):
+    osediff = shared[1]
+    x = _x(3)
+    with torch.no_grad():
+        embeds = osediff.encode_prompt([""])
+        a = osediff(x, embeds, seed=5).image
+        b = osediff(x, embeds, seed=5).image
+        c = osediff(x, embeds, seed=6).image
+        mean = osediff(x, embeds, sample_posterior=False).image
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.allclose(a, c) and not torch.allclose(a, mean)
+
+
+def test_osediff_refuses_an_s3diff_checkpoint():
+    with pytest.raises(CheckpointMismatchError, match="S3Diff"):
+        load_restorer("osediff", weights=GOLDEN_DIR / "s3diff" / "s3diff.pkl", base_model=TINY_SD21, device="cpu")
+
+
+def test_base_that_is_not_sd_is_refused(tmp_path):
+    (tmp_path / "unet").mkdir()
+    with pytest.raises(Exception, match="vae/config.json"):
+        OneStepSD.from_pretrained(tmp_path, device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("device", "dtype", "message"),
+    [("cpu", "fp16", "fp16 is not supported on the CPU"), ("cpu", "int8", "Unknown dtype"),
+     ("tpu", None, "Unknown device")],
+)
+def test_bad_device_or_dtype(device, dtype, message):
+    with pytest.raises(DeviceError, match=message):
+        resolve_device_dtype(device, dtype)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
+def test_cuda_requested_without_cuda():
+    with pytest.raises(DeviceError, match="CUDA is not available"):
+        resolve_device_dtype("cuda", None)
+
+
+def test_bf16_runs_on_cpu():
+    engine = OneStepSD.from_pretrained(TINY_SD21, device="cpu", dtype="bf16", shared=False)
+    with torch.no_grad():
+        out = engine(_x().bfloat16(), engine.encode_prompt(["dog"]), seed=0)
+    assert out.image.dtype == torch.bfloat16 and torch.isfinite(out.image.float()).all()
