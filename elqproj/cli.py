@@ -114,6 +114,14 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _cmd_degrade(args: argparse.Namespace) -> int:
+    from .degradations.files import degrade_files
+
+    degrade_files(args.inputs, args.output, config=args.preset, seed=args.seed, scale=args.scale,
+                  save_params=args.save_params, device=args.device, progress=not args.quiet)
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     import torch
 
@@ -179,6 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-existing", action="store_true", help="do not redo outputs that exist")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_restore)
+
+    p = sub.add_parser("degrade", help="synthesise degraded images (Real-ESRGAN second-order pipeline)")
+    p.add_argument("inputs", nargs="+", help="image files, folders or globs")
+    p.add_argument("-o", "--output", required=True, help="output folder (<stem>.png per input)")
+    p.add_argument("--preset", default="elq", help="realesrgan, osediff or elq (default elq)")
+    p.add_argument("--seed", type=int, default=0, help="base seed; each image's seed derives from it and its name")
+    p.add_argument("--scale", type=int, default=None, help="fixed final down-scale factor (default: the preset's)")
+    p.add_argument("--save-params", action="store_true", help="write <stem>.json with every random choice")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_degrade)
 
     p = sub.add_parser("info", help="backends, their capabilities and licences, devices, versions")
     p.add_argument("--json", action="store_true", help="machine-readable output")

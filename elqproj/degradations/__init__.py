@@ -21,6 +21,8 @@ from .config import (
     StageConfig,
     USMConfig,
 )
+from .dataset import DegradationTripletDataset
+from .files import degrade_files
 from .filtering import filter2d, usm_sharpen
 from .jpeg import diff_jpeg
 from .kernels import (
@@ -43,6 +45,8 @@ __all__ = [
     "presets",
     "DegradationPipeline",
     "apply_degradation",
+    "DegradationTripletDataset",
+    "degrade_files",
     "DegradationConfig",
     "StageConfig",
     "BlurConfig",

@@ -67,12 +67,10 @@ class SeededNoise:
 
     def standard_normal(self, shape: tuple[int, int, int, int], stream: NoiseStream, like: torch.Tensor) -> torch.Tensor:
         self._check_batch(shape[0])
-        return torch.stack(
-            [
-                torch.randn(shape[1:], generator=self._generator(b, stream, like.device), dtype=like.dtype, device=like.device)
-                for b in range(shape[0])
-            ]
-        )
+        out = torch.empty(shape, dtype=like.dtype, device=like.device)
+        for b in range(shape[0]):
+            out[b].normal_(generator=self._generator(b, stream, like.device))
+        return out
 
     def poisson(self, rate: torch.Tensor, stream: NoiseStream) -> torch.Tensor:
         self._check_batch(rate.shape[0])

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 import torch
 
 from ..errors import InvalidInputError
+from ..imageio import check_image_tensor
 from .config import DegradationConfig, NoiseConfig, ResizeConfig
 from .filtering import filter2d, usm_sharpen
 from .jpeg import diff_jpeg
@@ -29,31 +30,16 @@ from .presets import get_preset
 from .resize import resize
 from .sampling import RandomDraws
 
-__all__ = ["DegradationPipeline", "apply_degradation", "check_images"]
+__all__ = ["DegradationPipeline", "apply_degradation"]
 
 
-def check_images(images: object, batch_size: int | None = None) -> torch.Tensor:
-    """Validate a batch of RGB images: a float ``(B, 3, H, W)`` tensor with values in [0, 1]."""
-    if not isinstance(images, torch.Tensor):
-        raise InvalidInputError(f"expected a torch.Tensor of shape (B, 3, H, W), got {type(images).__name__}")
-    if not images.is_floating_point():
+def _check_batch(images: torch.Tensor, params: DegradationParams) -> None:
+    check_image_tensor(images, name="hq")
+    if images.shape[0] != params.batch_size:
         raise InvalidInputError(
-            f"expected a float tensor in [0, 1], got dtype {images.dtype}; convert 8-bit images with x.float() / 255"
-        )
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise InvalidInputError(
-            f"expected a (B, 3, H, W) RGB batch, got shape {tuple(images.shape)}; add a batch axis with x[None]"
-        )
-    if batch_size is not None and images.shape[0] != batch_size:
-        raise InvalidInputError(
-            f"the params were sampled for {batch_size} images but the batch has {images.shape[0]}; "
+            f"the params were sampled for {params.batch_size} images but the batch has {images.shape[0]}; "
             f"sample with batch_size={images.shape[0]}"
         )
-    low, high = torch.aminmax(images.detach())
-    low, high = float(low), float(high)
-    if not (low >= 0.0 and high <= 1.0):  # also catches NaN
-        raise InvalidInputError(f"expected values in [0, 1], got [{low:.4g}, {high:.4g}]; clamp with x.clamp(0, 1)")
-    return images
 
 
 @contextmanager
@@ -114,7 +100,7 @@ def apply_degradation(
         ``h, w = H // s, W // s`` (``s = params.final_scale``), or ``H, W`` when
         ``params.resize_back_mode`` is set.
     """
-    check_images(hq, params.batch_size)
+    _check_batch(hq, params)
     if noise_sources is None:
         noise_sources = (SeededNoise(params.noise1.seed), SeededNoise(params.noise2.seed))
     out = hq if hq.dtype in (torch.float32, torch.float64) else hq.float()
@@ -264,7 +250,7 @@ class DegradationPipeline:
         """
         if seed is not None and generator is not None:
             raise InvalidInputError("pass either seed or generator, not both")
-        check_images(hq)
+        check_image_tensor(hq, name="hq")
         if seed is not None:
             generator = torch.Generator().manual_seed(seed)
         params = self.sample(hq.shape[0], generator)
