@@ -117,11 +117,15 @@ class AdapterSet:
         adapters: component ("unet" / "vae") -> full peft adapter names of this set.
         overrides: (component, parameter name in the *unwrapped* base model, e.g. "conv_in.weight")
             -> tensor that replaces that base parameter while the set is active.
+        mergeable: whether :meth:`OneStepSD.merge` may fold the set's LoRA into the base weights. False
+            for adapters whose forward is more than ``B(A(x))·scaling`` (e.g. S3Diff's per-sample
+            modulation between A and B, which a merged weight cannot represent).
     """
 
     name: str
     adapters: dict[str, list[str]] = field(default_factory=lambda: {c: [] for c in _COMPONENTS})
     overrides: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
+    mergeable: bool = True
 
 
 @dataclass
@@ -288,18 +292,20 @@ class OneStepSD(nn.Module):
         *,
         unet: Mapping[str, Any] | None = None,
         vae: Mapping[str, Any] | None = None,
+        mergeable: bool = True,
     ) -> AdapterSet:
         """Create set ``name`` with peft ``LoraConfig``s per adapter suffix, e.g.
         ``add_adapter_set("osediff", unet={"encoder": cfg_a, "decoder": cfg_b}, vae={"encoder": cfg_c})``.
 
         New LoRA weights follow the config's init (e.g. B = 0); load trained ones with
-        :meth:`load_adapter_state`.
+        :meth:`load_adapter_state`. ``mergeable=False`` makes :meth:`merge` refuse the set (for
+        adapters whose LoRA forward is modified, e.g. by hooks on ``lora_A``).
         """
         with self._lock:
             if name in self._sets:
                 raise ConfigError(f"Adapter set {name!r} already exists on this engine.")
             self._unmerge()
-            adapter_set = AdapterSet(name)
+            adapter_set = AdapterSet(name, mergeable=mergeable)
             # peft initialises LoRA A randomly: fork the RNG so loading never perturbs the user's seeds.
             with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
                 # peft warns whenever a second adapter is added to a model: that is the point here.
@@ -401,6 +407,11 @@ class OneStepSD(nn.Module):
                     "load the restorer on its own engine (shared=False) to merge its LoRA."
                 )
             only = next(iter(self._sets))
+            if not self._sets[only].mergeable:
+                raise ConfigError(
+                    f"Adapter set {only!r} cannot be merged: its LoRA forward is not a plain B(A(x)) "
+                    "(e.g. S3Diff modulates every LoRA layer per sample)."
+                )
             self.activate(only)
             if self._merged:
                 return
@@ -533,6 +544,11 @@ class OneStepSD(nn.Module):
                 generator.manual_seed(int(seed))
         return torch.randn(tuple(shape), generator=generator, dtype=torch.float32, device=generator.device)
 
+    @property
+    def min_image_side(self) -> int:
+        """Smallest image side in pixels the UNet can take: one latent pixel at its deepest level."""
+        return 8 * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
     def latent_shape(self, x: torch.Tensor) -> tuple[int, int, int, int]:
         return (x.shape[0], int(self.vae.config.latent_channels), x.shape[2] // 8, x.shape[3] // 8)
 
@@ -544,18 +560,25 @@ class OneStepSD(nn.Module):
         seed: int | None = None,
         generator: torch.Generator | None = None,
         sample_posterior: bool = True,
+        tiling: tiling_mod.TilingConfig | None = None,
     ) -> tuple[torch.Tensor, Any]:
         """VAE-encode ``x`` (B,3,H,W) in [-1,1], H and W multiples of 8, with the active set's encoder LoRA.
 
         Returns ``(latent, posterior)``: latent = (mean + std·noise)·scaling_factor, shape (B,4,H/8,W/8).
         ``noise`` (same shape) is injected as given; else it is drawn from ``seed``/``generator``.
-        ``sample_posterior=False`` uses the posterior mean (deterministic).
+        ``sample_posterior=False`` uses the posterior mean (deterministic). ``tiling`` overrides
+        :attr:`tiling` for this call (the engine may be shared: its own setting stays untouched).
         """
         if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] % 8 or x.shape[3] % 8:
             raise InvalidInputError(
                 f"encode_image needs (B,3,H,W) with H, W multiples of 8, got {tuple(x.shape)}; pad the image first."
             )
-        posterior = tiling_mod.vae_encode(self.vae, x.to(self.vae.device, self.vae.dtype), self.tiling)
+        if min(x.shape[-2:]) < self.min_image_side:
+            raise InvalidInputError(
+                f"The image is {x.shape[-1]}x{x.shape[-2]} px, but this model needs at least {self.min_image_side} px "
+                "per side (its UNet halves the latent at every level); enlarge it first (upscale= or process_size=)."
+            )
+        posterior = tiling_mod.vae_encode(self.vae, x.to(self.vae.device, self.vae.dtype), tiling or self.tiling)
         mean = posterior.mean
         if not sample_posterior:
             return mean * self.scaling_factor, posterior
@@ -576,10 +599,12 @@ class OneStepSD(nn.Module):
         timestep: int = 999,
         negative_embeds: torch.Tensor | None = None,
         guidance_scale: float = 1.0,
+        tiling: tiling_mod.TilingConfig | None = None,
     ) -> torch.Tensor:
         """UNet ε-prediction at ``timestep``; with ``negative_embeds``, classifier-free guidance
         ε = ε(neg) + s·(ε(pos) − ε(neg)) from two separate UNet calls (as the official S3Diff code).
-        Latent tiling (Gaussian-blended) applies per :attr:`tiling`."""
+        Latent tiling (Gaussian-blended) applies per ``tiling`` (default: :attr:`tiling`); each tile
+        is a (B,4,t,t) UNet call, CFG applied per tile."""
         t = torch.tensor([timestep], device=latent.device)
         pos = prompt_embeds.to(latent.device, self.unet.dtype)
         neg = negative_embeds.to(latent.device, self.unet.dtype) if negative_embeds is not None else None
@@ -593,9 +618,10 @@ class OneStepSD(nn.Module):
 
         latent = latent.to(self.unet.dtype)
         h, w = latent.shape[-2:]
-        if self.tiling.latent_needs_tiling(h, w):
-            return tiling_mod.tiled_latent_apply(eps, latent, tile=self.tiling.latent_tile,
-                                                 overlap=self.tiling.latent_overlap)
+        tiling = tiling or self.tiling
+        if tiling.latent_needs_tiling(h, w):
+            return tiling_mod.tiled_latent_apply(eps, latent, tile=tiling.latent_tile,
+                                                 overlap=tiling.latent_overlap)
         return eps(latent)
 
     def x0_from_noise(self, latent: torch.Tensor, model_pred: torch.Tensor, timestep: int = 999) -> torch.Tensor:
@@ -605,10 +631,11 @@ class OneStepSD(nn.Module):
         x0 = (latent.float() - (1 - alpha).sqrt() * model_pred.float()) / alpha.sqrt()
         return x0.to(latent.dtype)
 
-    def decode_latent(self, x0: torch.Tensor) -> torch.Tensor:
-        """VAE-decode a scaled latent (B,4,h,w) -> raw image (B,3,8h,8w), roughly [-1,1], unclamped."""
+    def decode_latent(self, x0: torch.Tensor, *, tiling: tiling_mod.TilingConfig | None = None) -> torch.Tensor:
+        """VAE-decode a scaled latent (B,4,h,w) -> raw image (B,3,8h,8w), roughly [-1,1], unclamped.
+        ``tiling`` overrides :attr:`tiling` for this call."""
         z = (x0 / self.scaling_factor).to(self.vae.dtype)
-        return tiling_mod.vae_decode(self.vae, z, self.tiling)
+        return tiling_mod.vae_decode(self.vae, z, tiling or self.tiling)
 
     def forward(
         self,
@@ -623,22 +650,24 @@ class OneStepSD(nn.Module):
         negative_embeds: torch.Tensor | None = None,
         guidance_scale: float = 1.0,
         latent: torch.Tensor | None = None,
+        tiling: tiling_mod.TilingConfig | None = None,
     ) -> OneStepOutput:
         """One step with the active adapter set: image (B,3,H,W) in [-1,1] -> restored image in [-1,1].
 
         Differentiable (no ``no_grad`` inside) so that training can back-propagate through f and g.
         ``latent`` skips the VAE encoder (LFO reuses the ELQ latent across passes: the encoder does not
-        depend on the prompt); then ``x`` is only used for its batch size.
+        depend on the prompt); then ``x`` is only used for its batch size. ``tiling`` overrides
+        :attr:`tiling` for this pass (latent and VAE tiling).
         """
         if latent is None:
             latent, posterior = self.encode_image(x, noise=encoder_noise, seed=seed, generator=generator,
-                                                  sample_posterior=sample_posterior)
+                                                  sample_posterior=sample_posterior, tiling=tiling)
             mean, std = posterior.mean, posterior.std
         else:
             mean = std = torch.empty(0)
-        model_pred = self.predict_noise(latent, prompt_embeds, timestep=timestep,
-                                        negative_embeds=negative_embeds, guidance_scale=guidance_scale)
+        model_pred = self.predict_noise(latent, prompt_embeds, timestep=timestep, negative_embeds=negative_embeds,
+                                        guidance_scale=guidance_scale, tiling=tiling)
         x0 = self.x0_from_noise(latent, model_pred, timestep)
-        raw = self.decode_latent(x0)
+        raw = self.decode_latent(x0, tiling=tiling)
         return OneStepOutput(image=raw.clamp(-1, 1), decoded_raw=raw, latent=latent, model_pred=model_pred,
                              x0=x0, posterior_mean=mean, posterior_std=std)
