@@ -132,6 +132,7 @@ class Restorer(torch.nn.Module, abc.ABC):
 # name -> "module:Class" (imported on first use: importing a restorer pulls in its model code)
 _BUILTIN: dict[str, str] = {
     "osediff": "elqproj.adapters.osediff:OSEDiffRestorer",
+    "s3diff": "elqproj.adapters.s3diff:S3DiffRestorer",
     "seesr": "elqproj.adapters.seesr:SeeSRRestorer",
 }
 _registry: dict[str, str | type[Restorer]] = dict(_BUILTIN)
