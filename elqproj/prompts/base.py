@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from elqproj.errors import ConfigError, DeviceError, InvalidInputError, UnknownNameError
+from elqproj.imageio import to_tensor
 
 __all__ = [
     "PromptResult",
@@ -71,9 +72,9 @@ class PromptResult:
 class PromptExtractor(abc.ABC):
     """Images -> one text prompt per image. Third-party extractors subclass this.
 
-    Subclasses implement :meth:`extract`; ``images`` is anything :func:`image_list` accepts, i.e. a
-    float tensor ``(B, 3, H, W)`` or ``(3, H, W)`` in [0, 1], or a list of ``(3, H, W)`` / ``(1, 3, H, W)``
-    tensors that may differ in size. Models override :meth:`to`.
+    Subclasses implement :meth:`extract`; ``images`` is anything :func:`image_list` accepts (PIL
+    images, paths, numpy arrays, float tensors ``(B, 3, H, W)`` in [0, 1], lists of them, sizes may
+    differ). Models override :meth:`to`.
     """
 
     name: str = "custom"
@@ -232,8 +233,8 @@ def load_prompt_extractor(
             :func:`describe_prompt_extractor`).
         device, dtype: where the model runs (``None``: CPU / float32).
         revision: Hub branch, tag or commit of ``weights``.
-        **kwargs: extractor-specific options (e.g. ``tag_list=``, ``config=`` for RAM; ``model_id=`` and
-            ``instruction=`` for the VLM); see each loader.
+        **kwargs: extractor-specific options (e.g. ``tag_list=``, ``config=`` for RAM and DAPE,
+            ``ram_weights=`` for DAPE, ``instruction=`` for the VLM); see each loader.
 
     Raises:
         UnknownNameError: ``name`` is not registered (the message lists the known names).
@@ -306,9 +307,10 @@ def usable_texts(texts: Any, num_images: int, *, source: str) -> list[str]:
 
 
 def count_images(images: Any) -> int:
-    """How many images ``images`` holds: B for ``(B,C,H,W)`` arrays, the length of a list, else 1."""
+    """How many images ``images`` holds (without reading them): B for ``(B,C,H,W)`` arrays, the sum over
+    the items of a list, else 1 — the count :func:`image_list` yields."""
     if isinstance(images, (list, tuple)):
-        return len(images)
+        return sum(count_images(item) for item in images)
     shape = getattr(images, "shape", None)
     if shape is not None and len(shape) == 4:
         return int(shape[0])
@@ -316,49 +318,22 @@ def count_images(images: Any) -> int:
 
 
 def image_list(images: Any) -> list[torch.Tensor]:
-    """Split ``images`` into a list of ``(3, H, W)`` float tensors in [0, 1], one per image.
+    """Split ``images`` into a list of ``(3, H, W)`` float32 tensors in [0, 1], one per image.
 
-    Accepts a float tensor ``(B, 3, H, W)`` or ``(3, H, W)`` in [0, 1], or a list/tuple of such tensors
-    (sizes may differ; a ``(1, 3, H, W)`` item counts as one image). Values outside [0, 1] by more than
-    1e-3 (e.g. [-1, 1] VAE-range images) and non-finite values are rejected.
+    Accepts whatever :func:`elqproj.imageio.to_tensor` accepts (PIL image, path, numpy array, float
+    tensor ``(B, 3, H, W)`` / ``(3, H, W)`` in [0, 1], list of same-size PIL images or paths), or a
+    list/tuple of such items of *different* sizes (taggers resize every image on their own).
+    Tensors keep their device.
 
     Raises:
-        InvalidInputError: anything else, naming what was passed and what is expected.
+        InvalidInputError: (or a subclass) an unsupported type, an empty list, NaN/inf, values outside
+            [0, 1], an unreadable file; the message names the item.
     """
-    if isinstance(images, torch.Tensor):
-        items = list(images) if images.ndim == 4 else [images]
-    elif isinstance(images, (list, tuple)) and images:
-        items = []
-        for item in images:
-            if isinstance(item, torch.Tensor) and item.ndim == 4 and item.shape[0] == 1:
-                item = item[0]
-            items.append(item)
-    else:
-        raise InvalidInputError(
-            f"Cannot read images from {type(images).__name__}: prompt extractors take a float tensor "
-            "(B,3,H,W) or (3,H,W) in [0,1], or a non-empty list of (3,H,W) tensors."
-        )
-    for i, item in enumerate(items):
-        if not isinstance(item, torch.Tensor) or item.ndim != 3 or item.shape[0] != 3:
-            what = f"tensor of shape {tuple(item.shape)}" if isinstance(item, torch.Tensor) else type(item).__name__
-            raise InvalidInputError(
-                f"Image {i} is a {what}; expected an RGB float tensor (3,H,W) (batches: (B,3,H,W)) in [0,1]."
-            )
-        if not item.is_floating_point():
-            raise InvalidInputError(
-                f"Image {i} has dtype {item.dtype}; pass float values in [0,1] (e.g. uint8 tensor / 255)."
-            )
-        if item.shape[1] < 1 or item.shape[2] < 1:
-            raise InvalidInputError(f"Image {i} has size {tuple(item.shape[1:])}: it is empty.")
-        if not torch.isfinite(item).all():
-            raise InvalidInputError(f"Image {i} contains NaN or infinite values.")
-        low, high = float(item.min()), float(item.max())
-        if low < -1e-3 or high > 1 + 1e-3:
-            raise InvalidInputError(
-                f"Image {i} has values in [{low:.3g}, {high:.3g}]; prompt extractors take [0,1] images "
-                "(convert [-1,1] tensors with (x + 1) / 2)."
-            )
-    return items
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise InvalidInputError("The list of images is empty; pass at least one image.")
+        return [image for item in images for image in to_tensor(item)[0]]
+    return list(to_tensor(images)[0])
 
 
 def move_module(module: torch.nn.Module, device: str | torch.device | None, dtype: torch.dtype | None,

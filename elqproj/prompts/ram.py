@@ -18,8 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from elqproj import hub
 from elqproj.errors import CheckpointMismatchError, ConfigError, InvalidInputError, WeightsNotFoundError
@@ -81,8 +83,7 @@ def ram_pixel_values(images: Sequence[torch.Tensor], size: int, preprocessing: P
         preprocessing: how to resize, after one of the two official pipelines:
 
             * ``"ram"`` — RAM's ``get_transform``: the image as 8-bit (PIL's input), then PIL's
-              antialiased bilinear resize. torch's uint8 antialiased kernel reproduces PIL exactly, but
-              only on the CPU, so this step runs there.
+              antialiased bilinear resize, done by PIL on the CPU.
             * ``"seesr"`` — SeeSR's / OSEDiff's ``ram_transforms`` on a float tensor: bilinear **without**
               antialias (their pinned torchvision 0.15 default; newer torchvision antialiases, which
               changes downscaled inputs by up to 0.26 in normalised units). Runs on the images' device.
@@ -97,9 +98,10 @@ def ram_pixel_values(images: Sequence[torch.Tensor], size: int, preprocessing: P
     for image in images:
         if preprocessing == "ram":
             as_uint8 = (image.detach().float() * 255).round().clamp(0, 255).to("cpu", torch.uint8)
-            out = F.interpolate(as_uint8[None], size=(size, size), mode="bilinear", antialias=True,
-                                align_corners=False)
-            resized.append(out.to(device).float() / 255)
+            pil = Image.fromarray(as_uint8.permute(1, 2, 0).numpy(), mode="RGB")
+            # PIL itself: torch's uint8 antialiased kernel differs from PIL's by one level on downscales.
+            out = np.array(pil.resize((size, size), Image.Resampling.BILINEAR))
+            resized.append(torch.from_numpy(out).permute(2, 0, 1)[None].to(device).float() / 255)
         else:
             resized.append(F.interpolate(image.float()[None], size=(size, size), mode="bilinear",
                                          antialias=False, align_corners=False))
@@ -215,9 +217,8 @@ class RAMTagger(PromptExtractor):
         batch = ram_pixel_values(image_list(images), self.config.image_size, self.preprocessing)
         return batch.to(self.device, self.dtype)
 
-    @torch.inference_mode()
     def extract(self, images: Any) -> PromptResult:
-        """Tags and features of ``images`` (float ``(B,3,H,W)`` / ``(3,H,W)`` in [0,1], or a list of such).
+        """Tags and features of ``images`` (float ``(B,3,H,W)`` / ``(3,H,W)`` in [0,1], PIL, paths, lists).
 
         Returns:
             :class:`PromptResult` with ``texts`` (tags joined by :attr:`separator`), ``tags``,
@@ -225,18 +226,24 @@ class RAMTagger(PromptExtractor):
             ``(B, 145, 512)`` at 384² in the model's dtype and device — SeeSR's
             ``ram_encoder_hidden_states`` (token 0 is the average of the 144 Swin tokens).
         """
-        output = self.model(self.pixel_values(images))
+        return self.tag_pixel_values(self.pixel_values(images))
+
+    @torch.inference_mode()
+    def tag_pixel_values(self, pixel_values: torch.Tensor) -> PromptResult:
+        """:meth:`extract` on an already preprocessed batch ``(B, 3, S, S)`` (see :meth:`pixel_values`)."""
+        output = self.model(pixel_values.to(self.device, self.dtype))
         # Thresholds are compared in float32: half-precision sigmoids round onto the 0.65/0.8 grid.
-        scores = torch.sigmoid(output.logits.float())
+        result = self.prompts_from_scores(torch.sigmoid(output.logits.float()))
+        result.image_features = output.image_embeds
+        return result
+
+    def prompts_from_scores(self, scores: torch.Tensor) -> PromptResult:
+        """Prompts for tag probabilities ``(B, num_classes)``: every tag whose probability is strictly
+        above its class threshold and not excluded, in tag-list order, joined by :attr:`separator`."""
         selected = scores > self.thresholds.to(scores.device)
         selected[:, self.excluded] = False
         tags = [[self.tags[i] for i in row.nonzero().flatten().tolist()] for row in selected.cpu()]
-        return PromptResult(
-            texts=[self.separator.join(row) for row in tags],
-            tags=tags,
-            scores=scores,
-            image_features=output.image_embeds,
-        )
+        return PromptResult(texts=[self.separator.join(row) for row in tags], tags=tags, scores=scores)
 
     def __repr__(self) -> str:
         return (f"RAMTagger(name={self.name!r}, classes={self.config.num_classes}, "
@@ -254,15 +261,10 @@ def _resolve_checkpoint(spec: Any, default_filename: str, revision: str | None, 
 
 
 def _resolve_config(config: RAMConfig | dict | str | os.PathLike | None, state: dict, num_classes: int) -> RAMConfig:
-    if config is None:
-        return infer_ram_config(state)
+    if config is None or isinstance(config, dict):
+        return infer_ram_config(state, **(config or {}))
     if isinstance(config, RAMConfig):
         return config.model_copy(update={"num_classes": num_classes})
-    if isinstance(config, dict):
-        try:
-            return RAMConfig(**{**config, "num_classes": num_classes})
-        except ValueError as exc:
-            raise ConfigError(f"config={config!r} is not a valid RAM config: {exc}") from exc
     return RAMConfig.from_official_dir(config, num_classes=num_classes)
 
 
@@ -321,10 +323,12 @@ def load_ram(
             :data:`RAM_WEIGHTS`. Only the ``"model"`` entry of a training save is read.
         device, dtype: where the model runs (default CPU, float32).
         revision: Hub revision of ``weights``.
-        config: the architecture: ``None`` reads it from the checkpoint's shapes (with the official
-            384² input and 4 head heads), or a :class:`RAMConfig`, a dict of its fields, or a folder
-            of official config files (``q2l_config.json`` + ``swin_config.json`` /
-            ``swin/config_swinL_384.json``). ``num_classes`` always comes from the tag list.
+        config: the architecture. ``None`` reads it from the checkpoint's shapes, with the official
+            values for what the weights do not show (384² input, 4 head attention heads, LayerNorm eps
+            1e-12); a dict overrides fields of that inferred config (``{"image_size": 224}``); a
+            :class:`RAMConfig` or a folder of official config files (``q2l_config.json`` +
+            ``swin_config.json`` / ``swin/config_swinL_384.json``) gives it in full, and the checkpoint
+            is checked against it. ``num_classes`` always comes from the tag list.
         tag_list: tag names (file/URL with one tag per line, or a list). Default: :data:`RAM_TAG_LIST`;
             :data:`RAM_TAG_LIST_CHINESE` gives Chinese tags.
         tag_thresholds: per-class thresholds (file/URL or floats). Default: :data:`RAM_TAG_THRESHOLDS`.

@@ -236,6 +236,7 @@ class RAMModel(nn.Module):
             img_size=config.image_size, patch_size=config.patch_size, embed_dim=config.embed_dim,
             depths=config.depths, num_heads=config.num_heads, window_size=config.window_size,
             mlp_ratio=config.mlp_ratio, qkv_bias=True, num_classes=0, drop_path_rate=0.0,
+            weight_init="skip",  # the weights come from a checkpoint; timm's init of Swin-L takes seconds
         )
         self.image_proj = nn.Linear(config.vision_width, config.image_embed_dim)
         self.label_embed = nn.Parameter(torch.zeros(config.num_classes, config.image_embed_dim))
@@ -308,8 +309,11 @@ def infer_ram_config(state: Mapping[str, torch.Tensor], **overrides: Any) -> RAM
     """The :class:`RAMConfig` of an official RAM state dict, read from its tensor shapes.
 
     Not stored in the weights, hence the official values unless overridden: ``image_size`` 384,
-    ``head_num_heads`` 4, ``head_layer_norm_eps`` 1e-12, ``mlp_ratio`` from the first block.
+    ``head_num_heads`` 4, ``head_layer_norm_eps`` 1e-12. ``overrides`` replace inferred fields.
     """
+    unknown = sorted(set(overrides) - set(RAMConfig.model_fields))
+    if unknown:
+        raise ConfigError(f"Unknown RAM config fields {unknown}; known: {sorted(RAMConfig.model_fields)}.")
     try:
         proj = state["visual_encoder.patch_embed.proj.weight"]
         stages = sorted({int(m.group(1)) for k in state
@@ -340,7 +344,10 @@ def infer_ram_config(state: Mapping[str, torch.Tensor], **overrides: Any) -> RAM
             f"Cannot read the RAM architecture from the checkpoint: it lacks {exc}. Is it a RAM checkpoint?"
         ) from exc
     except ValidationError as exc:
-        raise CheckpointMismatchError(f"The checkpoint's shapes give an invalid RAM architecture: {exc}") from exc
+        raise CheckpointMismatchError(
+            f"The checkpoint's shapes{' with ' + repr(overrides) if overrides else ''} give an invalid RAM "
+            f"architecture: {exc}"
+        ) from exc
 
 
 def merge_dape_lora(state: Mapping[str, torch.Tensor], lora: Mapping[str, Any], *,
