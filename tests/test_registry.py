@@ -1,0 +1,83 @@
+"""Restorer registry: built-ins, registration, entry-point discovery, errors."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+
+import elqproj.adapters.base as base
+from elqproj import InvalidInputError, Restorer, RestorerCapabilities, UnknownNameError, list_restorers, load_restorer
+from elqproj.errors import ConfigError
+
+
+def test_builtin_osediff_is_listed_with_capabilities():
+    assert "osediff" in list_restorers()
+    cap = base.get_restorer_class("osediff").capabilities
+    assert cap.scale == 4 and cap.steps == 1 and cap.differentiable and cap.code_licence == "Apache-2.0"
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(UnknownNameError) as info:
+        load_restorer("nope")
+    assert "nope" in str(info.value) and "osediff" in str(info.value)
+
+
+class _Identity(Restorer):
+    name = "identity"
+    capabilities = RestorerCapabilities(
+        scale=1, steps=0, supports_fp16=True, supports_bf16=True, needs_prompt=False, uses_image_features=False,
+        differentiable=True, code_licence="MIT", weights_licence="none", base_model="", default_weights=None,
+        paper="",
+    )
+
+    @classmethod
+    def from_pretrained(cls, weights=None, **kwargs):
+        restorer = cls()
+        restorer.kwargs = kwargs
+        return restorer
+
+    def restore(self, image, *, prompt=None, seed=None, **kwargs):
+        return image
+
+
+@pytest.fixture
+def clean_registry(monkeypatch):
+    monkeypatch.setattr(base, "_registry", dict(base._BUILTIN))
+    monkeypatch.setattr(base, "_entry_points_loaded", False)
+
+
+def test_register_and_load_a_custom_restorer(clean_registry):
+    base.register_restorer("identity", _Identity)
+    restorer = load_restorer("identity", device="cpu")
+    assert isinstance(restorer, _Identity) and restorer.kwargs == {"device": "cpu"}
+    with pytest.raises(ConfigError, match="already registered"):
+        base.register_restorer("identity", "somewhere:Else")
+
+
+def test_register_rejects_non_restorers(clean_registry):
+    with pytest.raises(InvalidInputError, match="Restorer subclass"):
+        base.register_restorer("bad", dict)
+
+
+def test_entry_point_restorers_are_discovered(clean_registry, tmp_path, monkeypatch):
+    pkg = tmp_path / "thirdparty_restorer"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(textwrap.dedent("""
+        from tests.test_registry import _Identity as Plugin
+    """))
+    dist = tmp_path / "thirdparty_restorer-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdparty-restorer\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[elqproj.restorers]\nplugin = thirdparty_restorer:Plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "plugin" in list_restorers()
+    assert isinstance(load_restorer("plugin"), _Identity)
+    sys.modules.pop("thirdparty_restorer", None)
+
+
+def test_broken_registration_is_a_clear_error(clean_registry):
+    base.register_restorer("broken", "no_such_module_xyz:Thing")
+    with pytest.raises(UnknownNameError, match="cannot be imported"):
+        load_restorer("broken")
