@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -103,6 +104,11 @@ class Restorer(torch.nn.Module, abc.ABC):
     def restore(self, image: Any, *, prompt: str | Sequence[str] | None = None, seed: int | None = None,
                 **kwargs: Any) -> Any:
         """Restore ``image``; see the subclass for its options."""
+
+    def accepts(self, option: str) -> bool:
+        """Whether :meth:`restore` takes keyword ``option`` (callers pass optional settings only where
+        a restorer has them, e.g. ``process_size``)."""
+        return option in inspect.signature(self.restore).parameters
 
     def configure_tiling(self, config: Any) -> None:
         """Use ``config`` (:class:`elqproj.tiling.TilingConfig`) for latent and VAE tiling.

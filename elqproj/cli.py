@@ -96,13 +96,16 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         restorer = load_restorer(args.backend, **loader)
     restorer.configure_tiling(tiling)
     restorer_kwargs = {"color_fix": args.color_fix} if args.color_fix else {}
+    if projector is None and restorer.accepts("process_size"):
+        restorer_kwargs["process_size"] = args.process_size
     failures = 0
     for src, dst in tqdm(todo, desc="restore", unit="img", disable=args.quiet):
         try:
             image = imageio.load_image(src)
             if projector is not None:
-                result = projector.restore(image, backend=restorer, prompt=args.prompt, lfo=args.lfo,
-                                           seed=args.seed, upscale=args.upscale, restorer_kwargs=restorer_kwargs)
+                result = projector.restore(image, backend=restorer, prompt=args.prompt, lfo=args.lfo, seed=args.seed,
+                                           upscale=args.upscale, process_size=args.process_size,
+                                           restorer_kwargs=restorer_kwargs)
                 out = result.image
             else:
                 prompt = args.prompt if args.prompt is not None else ""
@@ -179,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lfo", type=_lfo, default=0, help="Look-Forward-Once passes, or 'auto' (default 0)")
     p.add_argument("--seed", type=int, default=None, help="random seed (reproducible results)")
     p.add_argument("--upscale", type=int, default=1, help="output/input size ratio (default 1)")
+    p.add_argument("--process-size", type=int, default=512,
+                   help="enlarge so the short side is at least this many pixels (0: off; default 512)")
     p.add_argument("--color-fix", choices=["adain", "wavelet", "none"], help="colour correction of g")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="weights dtype")

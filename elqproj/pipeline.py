@@ -13,7 +13,6 @@ so Y runs lfo + 2 times and the VAE encoder of f once per image.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import Sequence
@@ -175,7 +174,7 @@ class RestorationPipeline:
         prompts.append(result.texts)
         with clock("restore"):
             kwargs = dict(restorer_kwargs or {})
-            if "process_size" in inspect.signature(self.restorer.restore).parameters:
+            if self.restorer.accepts("process_size"):
                 kwargs.setdefault("process_size", 0)  # already sized above: no second pre-enlargement in g
             if self.restorer.capabilities.uses_image_features and result.image_features is not None:
                 kwargs.setdefault("image_features", result.image_features)
