@@ -148,9 +148,9 @@ def _check_pixel_count(height: int, width: int, max_pixels: int | None, what: st
     limit = resolve_max_pixels(max_pixels)
     if height * width > limit:
         raise ImageTooLargeError(
-            f"{what} is {height}x{width} (H x W) = {height * width / 1e6:.1f} megapixels, above the limit of "
-            f"{limit / 1e6:.1f} megapixels; downscale it, or raise the limit with max_pixels= or the "
-            "ELQPROJ_MAX_PIXELS environment variable if the image is trusted"
+            f"{what} is {height}x{width} (H x W) = {height * width:,} pixels, above the limit of {limit:,} "
+            "pixels; downscale it, or raise the limit with max_pixels= or the ELQPROJ_MAX_PIXELS environment "
+            "variable if the image is trusted"
         )
 
 
@@ -183,7 +183,7 @@ def load_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Ima
             f"image {str(path)!r} exceeds PIL's decompression-bomb limit ({err}); if the file is trusted, "
             "raise PIL.Image.MAX_IMAGE_PIXELS and max_pixels="
         ) from None
-    except PermissionError:
+    except (ImageTooLargeError, PermissionError):
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
         size = path.stat().st_size

@@ -1,0 +1,424 @@
+"""Images in and out (elqproj.imageio): every input kind round-trips; bad input gets a typed error."""
+
+from __future__ import annotations
+
+import errno
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from elqproj.errors import ConfigError, ImageDecodeError, ImageTooLargeError, InvalidInputError
+from elqproj.imageio import (
+    MAX_PIXELS_DEFAULT,
+    check_image_tensor,
+    crop_padding,
+    from_tensor,
+    load_image,
+    pad_to_multiple,
+    resolve_max_pixels,
+    save_image,
+    to_tensor,
+)
+
+ORIENTATION = 0x0112
+SOFTWARE = 0x0131
+
+
+def _rgb(height: int = 5, width: int = 7, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def _upscale(images: torch.Tensor, factor: int) -> torch.Tensor:
+    return torch.nn.functional.interpolate(images, scale_factor=factor, mode="nearest")
+
+
+# ---------------------------------------------------------------------------------------------
+# Round trips
+
+
+def test_pil_rgb_round_trips_exactly():
+    image = Image.fromarray(_rgb())
+    tensor, meta = to_tensor(image)
+    assert tensor.shape == (1, 3, 5, 7) and tensor.dtype == torch.float32
+    assert (meta.kind, meta.batched, meta.size, meta.mode, meta.alpha) == ("pil", False, (5, 7), "RGB", None)
+    out = from_tensor(tensor, meta)
+    assert out.mode == "RGB" and np.array_equal(np.asarray(out), np.asarray(image))
+
+
+def test_grayscale_becomes_three_equal_channels_and_comes_back_gray():
+    image = Image.fromarray(_rgb()[:, :, 0])
+    tensor, meta = to_tensor(image)
+    assert torch.equal(tensor[:, 0], tensor[:, 1]) and torch.equal(tensor[:, 0], tensor[:, 2])
+    out = from_tensor(tensor, meta)
+    assert out.mode == "L" and np.array_equal(np.asarray(out), np.asarray(image))
+
+
+def test_rgba_alpha_is_carried_through():
+    rgba = np.dstack([_rgb(), np.arange(35, dtype=np.uint8).reshape(5, 7) * 7])
+    tensor, meta = to_tensor(Image.fromarray(rgba))
+    assert tensor.shape == (1, 3, 5, 7)
+    assert meta.alpha.shape == (1, 1, 5, 7)
+    out = from_tensor(tensor, meta)
+    assert out.mode == "RGBA" and np.array_equal(np.asarray(out), rgba)
+
+
+def test_alpha_is_resized_to_an_upscaled_output():
+    alpha = np.zeros((4, 6), dtype=np.uint8)
+    alpha[:, 3:] = 255  # left half transparent, right half opaque
+    tensor, meta = to_tensor(Image.fromarray(np.dstack([_rgb(4, 6), alpha])))
+    out = from_tensor(_upscale(tensor, 4), meta)
+    assert out.size == (24, 16) and out.mode == "RGBA"
+    out_alpha = np.asarray(out)[:, :, 3]
+    assert (out_alpha[:, :10] == 0).all() and (out_alpha[:, 14:] == 255).all()
+    assert 0 < out_alpha[0, 12] < 255  # bilinear transition at the edge
+
+
+def test_gray_with_alpha_comes_back_as_la():
+    la = Image.merge("LA", [Image.fromarray(_rgb()[:, :, 1]), Image.fromarray(_rgb(seed=1)[:, :, 2])])
+    tensor, meta = to_tensor(la)
+    out = from_tensor(tensor, meta)
+    assert out.mode == "LA" and np.array_equal(np.asarray(out), np.asarray(la))
+
+
+def test_palette_image_with_transparency_becomes_rgba():
+    palette = Image.fromarray(_rgb()).quantize(colors=8)
+    palette.info["transparency"] = 0
+    tensor, meta = to_tensor(palette)
+    assert meta.mode == "P" and meta.alpha is not None
+    out = from_tensor(tensor, meta)
+    assert out.mode == "RGBA" and np.array_equal(np.asarray(out), np.asarray(palette.convert("RGBA")))
+
+
+def test_palette_image_without_transparency_becomes_rgb():
+    palette = Image.fromarray(_rgb()).quantize(colors=8)
+    tensor, meta = to_tensor(palette)
+    out = from_tensor(tensor, meta)
+    assert meta.alpha is None and out.mode == "RGB"
+    assert np.array_equal(np.asarray(out), np.asarray(palette.convert("RGB")))
+
+
+def test_cmyk_is_converted_to_rgb():
+    cmyk = Image.fromarray(_rgb()).convert("CMYK")
+    tensor, meta = to_tensor(cmyk)
+    out = from_tensor(tensor, meta)
+    assert meta.mode == "CMYK" and out.mode == "RGB"
+    assert np.array_equal(np.asarray(out), np.asarray(cmyk.convert("RGB")))
+
+
+def test_16_bit_gray_keeps_full_precision():
+    values = np.array([[0, 1, 257, 1000], [30001, 65534, 65535, 12345]], dtype=np.uint16)
+    image = Image.fromarray(values)
+    assert image.mode == "I;16"
+    tensor, meta = to_tensor(image)
+    assert torch.equal(tensor[0, 0], torch.from_numpy(values.astype(np.float32)) / 65535)
+    out = from_tensor(tensor, meta)
+    assert out.mode == "I;16" and np.array_equal(np.asarray(out), values)
+
+
+def test_exif_orientation_is_applied_and_reset(tmp_path):
+    pixels = _rgb(2, 3)
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6  # rotate 90 degrees clockwise to display
+    exif[SOFTWARE] = "camera"
+    path = tmp_path / "rotated.png"
+    Image.fromarray(pixels).save(path, exif=exif.tobytes())
+
+    image = load_image(path)
+    assert np.array_equal(np.asarray(image), np.rot90(pixels, k=-1))
+    tensor, meta = to_tensor(path)
+    assert tensor.shape == (1, 3, 3, 2)
+    kept = Image.Exif()
+    kept.load(meta.exif)
+    assert ORIENTATION not in kept and kept[SOFTWARE] == "camera"
+
+
+def test_exif_orientation_of_an_opened_pil_image_is_applied(tmp_path):
+    pixels = _rgb(2, 3)
+    exif = Image.Exif()
+    exif[ORIENTATION] = 3  # upside down
+    path = tmp_path / "flipped.png"
+    Image.fromarray(pixels).save(path, exif=exif.tobytes())
+    with Image.open(path) as opened:
+        tensor, _ = to_tensor(opened)
+    assert np.array_equal((tensor[0].permute(1, 2, 0) * 255).round().byte().numpy(), pixels[::-1, ::-1])
+
+
+def test_saved_output_carries_the_input_exif(tmp_path):
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6
+    exif[SOFTWARE] = "camera"
+    source = tmp_path / "in.png"
+    Image.fromarray(_rgb(2, 3)).save(source, exif=exif.tobytes())
+    tensor, meta = to_tensor(source)
+    written = save_image(from_tensor(_upscale(tensor, 2), meta), tmp_path / "out.jpg")
+    with Image.open(written) as reread:
+        assert reread.format == "JPEG" and reread.size == (4, 6)
+        assert reread.getexif()[SOFTWARE] == "camera" and ORIENTATION not in reread.getexif()
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32", "float64"])
+def test_numpy_hwc_round_trips_with_its_dtype(dtype):
+    rng = np.random.default_rng(1)
+    if dtype == "uint8":
+        array = rng.integers(0, 256, (4, 5, 3)).astype(np.uint8)
+    elif dtype == "uint16":
+        array = rng.integers(0, 65536, (4, 5, 3)).astype(np.uint16)
+    else:
+        array = rng.random((4, 5, 3)).astype(dtype)
+    tensor, meta = to_tensor(array)
+    assert tensor.dtype == torch.float32 and (meta.kind, meta.dtype, meta.layout) == ("numpy", dtype, "HWC")
+    out = from_tensor(tensor, meta)
+    assert out.dtype == array.dtype and out.shape == array.shape
+    np.testing.assert_allclose(out, array, atol=1e-7 if dtype.startswith("float") else 0)
+
+
+def test_numpy_2d_gray_comes_back_2d():
+    gray = np.random.default_rng(2).random((4, 5)).astype(np.float32)
+    tensor, meta = to_tensor(gray)
+    assert tensor.shape == (1, 3, 4, 5)
+    out = from_tensor(_upscale(tensor, 2), meta)
+    assert out.shape == (8, 10) and out.dtype == np.float32
+
+
+def test_numpy_single_channel_keeps_its_channel_axis():
+    tensor, meta = to_tensor(_rgb()[:, :, :1])
+    assert from_tensor(tensor, meta).shape == (5, 7, 1)
+
+
+def test_numpy_rgba_carries_alpha():
+    rgba = np.dstack([_rgb(), np.full((5, 7), 40, dtype=np.uint8)])
+    tensor, meta = to_tensor(rgba)
+    out = from_tensor(_upscale(tensor, 2), meta)
+    assert out.shape == (10, 14, 4) and (out[:, :, 3] == 40).all()
+
+
+def test_torch_chw_round_trips_unbatched():
+    x = torch.rand(3, 4, 6, dtype=torch.float64)
+    tensor, meta = to_tensor(x)
+    assert tensor.shape == (1, 3, 4, 6) and tensor.dtype == torch.float32 and not meta.batched
+    out = from_tensor(tensor, meta)
+    assert out.shape == (3, 4, 6) and out.dtype == torch.float64
+    torch.testing.assert_close(out, x, atol=1e-7, rtol=0)
+
+
+def test_torch_batched_gray_expands_to_rgb_and_comes_back_gray():
+    x = torch.rand(2, 1, 4, 6)
+    tensor, meta = to_tensor(x)
+    assert tensor.shape == (2, 3, 4, 6) and meta.batched
+    out = from_tensor(_upscale(tensor, 2), meta)
+    assert out.shape == (2, 1, 8, 12)
+
+
+def test_torch_input_keeps_its_autograd_graph():
+    x = torch.rand(1, 3, 4, 4, requires_grad=True)
+    tensor, _ = to_tensor(x)
+    tensor.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+
+
+def test_list_of_images_and_paths_is_batched_and_returned_as_a_list(tmp_path):
+    path = tmp_path / "b.png"
+    Image.fromarray(_rgb(seed=3)[:, :, 0]).save(path)
+    rgba = Image.fromarray(np.dstack([_rgb(seed=4), np.full((5, 7), 9, dtype=np.uint8)]))
+    tensor, meta = to_tensor([Image.fromarray(_rgb()), path, rgba])
+    assert tensor.shape == (3, 3, 5, 7) and meta.batched and meta.batch_size == 3
+    assert meta.alpha.shape == (3, 1, 5, 7) and meta.alpha[0].eq(1).all()
+    outs = from_tensor(tensor, meta)
+    assert [o.mode for o in outs] == ["RGB", "L", "RGBA"]
+    assert np.array_equal(np.asarray(outs[1]), _rgb(seed=3)[:, :, 0])
+
+
+def test_float_to_uint8_rounds_to_nearest():
+    tensor, meta = to_tensor(Image.new("RGB", (1, 1)))
+    out = from_tensor(torch.full((1, 3, 1, 1), 100.6 / 255), meta)
+    assert np.asarray(out)[0, 0, 0] == 101  # truncation would give 100
+
+
+def test_values_within_tolerance_of_the_range_are_accepted():
+    to_tensor(torch.full((1, 3, 2, 2), 1 + 1e-7))
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_unsupported_type_names_it_and_lists_accepted_types():
+    with pytest.raises(InvalidInputError, match=r"unsupported image type builtins\.dict.*PIL\.Image\.Image"):
+        to_tensor({"image": 1})
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros((0, 5, 3), dtype=np.uint8), "at least one pixel"),
+        (torch.zeros(1, 3, 0, 4), "at least one pixel"),
+        (np.zeros((4, 5, 2), dtype=np.uint8), "2 channels"),
+        (np.zeros((3, 8, 8), dtype=np.uint8), "channels-first"),
+        (torch.zeros(1, 4, 8, 8), "got \\(1, 4, 8, 8\\)"),
+        (np.zeros((4, 5, 3), dtype=np.int32), "dtype int32"),
+        (torch.zeros(1, 3, 4, 4, dtype=torch.uint8), "x.float\\(\\) / 255"),
+        (torch.full((1, 3, 2, 2), 255.0), "scale to \\[0, 1\\]"),
+        (np.full((2, 2, 3), -0.5, dtype=np.float32), "scale to \\[0, 1\\]"),
+        (torch.tensor([[[[0.5, float("nan")]]]]).expand(1, 3, 1, 2), "NaN or infinite"),
+        (np.full((2, 2), np.inf, dtype=np.float32), "NaN or infinite"),
+        ([], "empty"),
+        ([Image.new("RGB", (4, 4)), Image.new("RGB", (5, 4))], "one size"),
+        ([torch.zeros(3, 4, 4)], "PIL images or file paths"),
+    ],
+    ids=["numpy-0-size", "torch-0-size", "two-channels", "chw-numpy", "four-channel-torch", "int32-numpy",
+         "uint8-torch", "torch-0-255", "numpy-negative", "nan", "inf", "empty-list", "mixed-sizes", "tensor-list"],
+)
+def test_bad_input_is_an_invalid_input_error(bad, message):
+    with pytest.raises(InvalidInputError, match=message):
+        to_tensor(bad)
+
+
+def test_image_above_the_pixel_limit_is_refused():
+    with pytest.raises(ImageTooLargeError, match="100x100 .* 10,000 pixels.*max_pixels"):
+        to_tensor(np.zeros((100, 100, 3), dtype=np.uint8), max_pixels=5000)
+
+
+def test_pixel_limit_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("ELQPROJ_MAX_PIXELS", "99")
+    assert resolve_max_pixels() == 99 and resolve_max_pixels(5) == 5
+    with pytest.raises(ImageTooLargeError):
+        to_tensor(torch.zeros(3, 10, 10))
+    monkeypatch.setenv("ELQPROJ_MAX_PIXELS", "lots")
+    with pytest.raises(ConfigError, match="lots"):
+        resolve_max_pixels()
+    monkeypatch.delenv("ELQPROJ_MAX_PIXELS")
+    assert resolve_max_pixels() == MAX_PIXELS_DEFAULT
+
+
+def test_missing_file_is_an_invalid_input_error(tmp_path):
+    with pytest.raises(InvalidInputError, match="not found.*nope.png"):
+        load_image(tmp_path / "nope.png")
+    with pytest.raises(InvalidInputError, match="directory"):
+        load_image(tmp_path)
+
+
+def _png_bytes(image: Image.Image, tmp_path: Path) -> bytes:
+    path = tmp_path / "source.png"
+    image.save(path)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["empty", "garbage", "text", "truncated"])
+def test_unreadable_file_is_an_image_decode_error_naming_the_file(tmp_path, kind):
+    contents = {
+        "empty": b"",
+        "garbage": bytes(np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8)),
+        "text": b"this is not an image\n",
+        "truncated": _png_bytes(Image.fromarray(_rgb(64, 64)), tmp_path)[:200],
+    }[kind]
+    path = tmp_path / f"{kind}.png"
+    path.write_bytes(contents)
+    with pytest.raises(ImageDecodeError, match=f"{kind}.png"):
+        load_image(path)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height, with a tiny (invalid) body: a bomb's signature."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [9_000, 100_000], ids=["above-our-limit", "above-pils-limit"])
+def test_decompression_bomb_is_refused_before_decoding(tmp_path, side):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_png_header_only(side, side))
+    with pytest.raises(ImageTooLargeError, match="bomb.png"):
+        load_image(path)
+
+
+def test_small_pixel_limit_applies_to_files(tmp_path):
+    path = tmp_path / "small.png"
+    Image.fromarray(_rgb(8, 8)).save(path)
+    with pytest.raises(ImageTooLargeError):
+        load_image(path, max_pixels=63)
+    assert load_image(path, max_pixels=64).size == (8, 8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving
+
+
+@pytest.mark.parametrize("suffix, file_format", [(".png", "PNG"), (".jpg", "JPEG"), (".webp", "WEBP"),
+                                                 (".tiff", "TIFF"), (".bmp", "BMP")])
+def test_save_picks_the_format_from_the_suffix_and_creates_folders(tmp_path, suffix, file_format):
+    path = save_image(Image.fromarray(_rgb()), tmp_path / "a" / "b" / f"out{suffix}")
+    with Image.open(path) as reread:
+        assert reread.format == file_format and reread.size == (7, 5)
+
+
+def test_save_rejects_an_unknown_suffix(tmp_path):
+    with pytest.raises(InvalidInputError, match="out.xyz"):
+        save_image(Image.new("RGB", (2, 2)), tmp_path / "out.xyz")
+
+
+def test_failed_save_leaves_no_partial_file_and_keeps_the_old_one(tmp_path):
+    target = tmp_path / "out.jpg"
+    target.write_bytes(b"previous result")
+    with pytest.raises(InvalidInputError, match="RGBA"):
+        save_image(Image.new("RGBA", (4, 4)), target)  # JPEG cannot store alpha
+    assert target.read_bytes() == b"previous result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jpg"]
+
+
+def test_io_error_mid_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    def write_half_then_fail(self, fp, *args, **kwargs):
+        fp.write(b"\x89PNG half an image")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", write_half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        save_image(Image.new("RGB", (4, 4)), tmp_path / "out.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Padding and validation helpers
+
+
+def test_pad_then_crop_round_trips():
+    x = torch.rand(2, 3, 13, 18)
+    padded, pad = pad_to_multiple(x, 8)
+    assert padded.shape == (2, 3, 16, 24) and pad == (3, 6)
+    assert torch.equal(padded[..., :13, :18], x)
+    assert torch.equal(crop_padding(padded, pad), x)
+
+
+def test_crop_padding_scales_with_an_upscaled_output():
+    padded, pad = pad_to_multiple(torch.rand(1, 3, 13, 18), 8)
+    upscaled = _upscale(padded, 4)
+    assert crop_padding(upscaled, pad, scale=4).shape == (1, 3, 52, 72)
+
+
+def test_reflect_padding_falls_back_to_replicate_on_a_small_axis():
+    x = torch.rand(1, 3, 16, 40)
+    padded, pad = pad_to_multiple(x, 64)
+    assert pad == (48, 24)
+    assert torch.equal(padded[..., 16:, :40], x[..., 15:16, :].expand(-1, -1, 48, -1))  # replicated rows
+    assert torch.equal(padded[..., :16, 40:], x[..., 15:39].flip(-1))  # reflected columns
+
+
+def test_aligned_input_is_returned_unpadded():
+    x = torch.rand(1, 3, 16, 8)
+    padded, pad = pad_to_multiple(x, 8)
+    assert padded is x and pad == (0, 0)
+
+
+def test_check_image_tensor_returns_the_tensor_or_names_the_problem():
+    x = torch.rand(2, 3, 4, 4)
+    assert check_image_tensor(x) is x
+    with pytest.raises(InvalidInputError, match=r"lq must have shape \(B, 3, H, W\), got \(3, 4, 4\)"):
+        check_image_tensor(x[0], name="lq")
