@@ -16,14 +16,32 @@ from ..errors import ConfigError, ElqprojError, InvalidInputError
 __all__ = ["ConfigModel", "ParamsModel"]
 
 
-def _describe(error: ValidationError, model: str) -> str:
-    lines = []
+Problem = tuple[tuple[Any, ...], Any, str]  # (location, offending value, message)
+
+
+def _problems(error: ValidationError) -> list[Problem]:
+    """Flatten pydantic's errors; a nested model's own translated error is expanded in place
+    (pydantic calls a custom ``__init__`` for nested models too and wraps what it raises)."""
+    problems: list[Problem] = []
     for item in error.errors():
-        location = ".".join(str(part) for part in item["loc"]) or "(root)"
-        value = item.get("input")
-        shown = repr(value) if not isinstance(value, dict) else "{…}"
-        lines.append(f"  {location} = {shown}: {item['msg']}")
-    return f"invalid {model}:\n" + "\n".join(lines)
+        inner = item.get("ctx", {}).get("error")
+        location = tuple(item["loc"])
+        if isinstance(inner, ElqprojError) and hasattr(inner, "problems"):
+            problems += [(location + loc, value, message) for loc, value, message in inner.problems]
+        else:
+            problems.append((location, item.get("input"), item["msg"].removeprefix("Value error, ")))
+    return problems
+
+
+def _translate(error: ValidationError, model: type[_TranslatingModel]) -> ElqprojError:
+    problems = _problems(error)
+    lines = []
+    for location, value, message in problems:
+        shown = "{…}" if isinstance(value, dict) else repr(value)
+        lines.append(f"  {'.'.join(str(part) for part in location) or '(root)'} = {shown}: {message}")
+    translated = model.error_type(f"invalid {model.__name__}:\n" + "\n".join(lines))
+    translated.problems = problems  # lets an enclosing model flatten this error
+    return translated
 
 
 class _TranslatingModel(BaseModel):
@@ -36,21 +54,21 @@ class _TranslatingModel(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as error:
-            raise self.error_type(_describe(error, type(self).__name__)) from None
+            raise _translate(error, type(self)) from None
 
     @classmethod
     def model_validate(cls, obj: Any, **kwargs: Any):  # type: ignore[override]
         try:
             return super().model_validate(obj, **kwargs)
         except ValidationError as error:
-            raise cls.error_type(_describe(error, cls.__name__)) from None
+            raise _translate(error, cls) from None
 
     @classmethod
     def model_validate_json(cls, json_data: str | bytes, **kwargs: Any):  # type: ignore[override]
         try:
             return super().model_validate_json(json_data, **kwargs)
         except ValidationError as error:
-            raise cls.error_type(_describe(error, cls.__name__)) from None
+            raise _translate(error, cls) from None
 
 
 class ConfigModel(_TranslatingModel):

@@ -51,8 +51,9 @@ class NoiseSource(Protocol):
 class SeededNoise:
     """Noise drawn per sample from ``torch.Generator``s seeded by ``seeds`` (one per sample).
 
-    The draws are made on the tensor's device, so CPU and CUDA give different (equally valid) noise
-    for the same seed; everything else in the pipeline is device-independent up to float round-off.
+    The draws are made in float32 on the tensor's device: float32 and float64 inputs get the same
+    noise, but CPU and CUDA give different (equally valid) noise for the same seed; everything else in
+    the pipeline is device-independent up to float round-off.
     """
 
     def __init__(self, seeds: Sequence[int]) -> None:
@@ -67,16 +68,18 @@ class SeededNoise:
 
     def standard_normal(self, shape: tuple[int, int, int, int], stream: NoiseStream, like: torch.Tensor) -> torch.Tensor:
         self._check_batch(shape[0])
-        out = torch.empty(shape, dtype=like.dtype, device=like.device)
+        # Drawn in float32 whatever the working precision: the same seed gives the same noise.
+        out = torch.empty(shape, dtype=torch.float32, device=like.device)
         for b in range(shape[0]):
             out[b].normal_(generator=self._generator(b, stream, like.device))
-        return out
+        return out.to(like.dtype)
 
     def poisson(self, rate: torch.Tensor, stream: NoiseStream) -> torch.Tensor:
         self._check_batch(rate.shape[0])
-        return torch.stack(
-            [torch.poisson(rate[b], generator=self._generator(b, stream, rate.device)) for b in range(rate.shape[0])]
-        )
+        samples = [
+            torch.poisson(rate[b].float(), generator=self._generator(b, stream, rate.device)) for b in range(rate.shape[0])
+        ]
+        return torch.stack(samples).to(rate.dtype)
 
 
 def _per_sample(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
