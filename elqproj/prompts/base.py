@@ -87,8 +87,9 @@ class PromptExtractor(abc.ABC):
         """The prompts of :meth:`extract`; an unusable entry becomes ``""`` (logged)."""
         return usable_texts(self.extract(images).texts, count_images(images), source=self.name)
 
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> PromptExtractor:
-        """Move the extractor's weights; extractors without weights return themselves unchanged."""
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None) -> PromptExtractor:
+        """Move the extractor's weights (``None`` keeps the current device / dtype); extractors without
+        weights return themselves unchanged."""
         return self
 
     def __repr__(self) -> str:
@@ -221,7 +222,7 @@ def load_prompt_extractor(
     *,
     weights: Any = None,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     revision: str | None = None,
     **kwargs: Any,
 ) -> PromptExtractor:
@@ -231,7 +232,8 @@ def load_prompt_extractor(
         name: a name from :func:`list_prompt_extractors` (case-insensitive).
         weights: local file/directory, Hub id or URL; ``None`` uses the extractor's default (see
             :func:`describe_prompt_extractor`).
-        device, dtype: where the model runs (``None``: CPU / float32).
+        device, dtype: where the model runs: ``None`` is CUDA when available, else the CPU, and float32;
+            ``dtype`` may also be ``"fp16"`` / ``"bf16"``.
         revision: Hub branch, tag or commit of ``weights``.
         **kwargs: extractor-specific options (e.g. ``tag_list=``, ``config=`` for RAM and DAPE,
             ``ram_weights=`` for DAPE, ``instruction=`` for the VLM); see each loader.
@@ -336,15 +338,24 @@ def image_list(images: Any) -> list[torch.Tensor]:
     return list(to_tensor(images)[0])
 
 
-def move_module(module: torch.nn.Module, device: str | torch.device | None, dtype: torch.dtype | None,
+def move_module(module: torch.nn.Module, device: str | torch.device | None, dtype: torch.dtype | str | None,
                 *, owner: str) -> None:
-    """``module.to(device, dtype)`` in place, turning torch's device errors into :class:`DeviceError`."""
-    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise DeviceError(f"{owner}: dtype must be a floating torch.dtype (e.g. torch.float16), got {dtype!r}.")
+    """``module.to(device, dtype)`` in place; ``None`` keeps the current device / dtype.
+
+    ``dtype`` may be a torch dtype or ``"fp32"``, ``"fp16"``, ``"bf16"`` (see
+    :func:`elqproj.onestep.resolve_device_dtype`). Unavailable devices raise :class:`DeviceError`.
+    """
+    if device is None and dtype is None:
+        return
+    from elqproj.onestep import resolve_device_dtype  # imports diffusers: only when a model moves
+
+    current = next(module.parameters())
+    target_device, target_dtype = resolve_device_dtype(current.device if device is None else device,
+                                                       current.dtype if dtype is None else dtype)
     try:
-        module.to(device=device, dtype=dtype)
-    except (RuntimeError, AssertionError, ValueError) as exc:
+        module.to(device=target_device, dtype=target_dtype)
+    except (RuntimeError, AssertionError) as exc:
         raise DeviceError(
             f"{owner}: cannot move to device={device!r}, dtype={dtype!r} ({exc}). Pick an available device "
-            "(torch.cuda.is_available()) and a dtype it supports."
+            "(torch.cuda.is_available(), torch.cuda.device_count())."
         ) from exc

@@ -25,6 +25,7 @@ from PIL import Image
 
 from elqproj import hub
 from elqproj.errors import CheckpointMismatchError, ConfigError, InvalidInputError, WeightsNotFoundError
+from elqproj.onestep import resolve_device_dtype
 from elqproj.prompts.base import PromptExtractor, PromptResult, image_list, move_module
 from elqproj.prompts.ram_model import (
     RAMConfig,
@@ -208,7 +209,7 @@ class RAMTagger(PromptExtractor):
     def dtype(self) -> torch.dtype:
         return self.model.label_embed.dtype
 
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> RAMTagger:
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None) -> RAMTagger:
         move_module(self.model, device, dtype, owner=f"prompt extractor {self.name!r}")
         return self
 
@@ -298,14 +299,14 @@ def _build_tagger(
     load_official_weights(model, state, source=source)
     tagger = RAMTagger(model, tags, thresholds, name=name, separator=separator, exclude_tags=exclude_tags,
                        preprocessing=preprocessing)
-    return tagger.to(device, dtype)
+    return tagger.to(*resolve_device_dtype(device, dtype))
 
 
 def load_ram(
     weights: str | os.PathLike | None = None,
     *,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     revision: str | None = None,
     config: RAMConfig | dict | str | os.PathLike | None = None,
     tag_list: str | os.PathLike | Sequence[str] | None = None,
@@ -321,7 +322,7 @@ def load_ram(
         weights: ``ram_swin_large_14m.pth`` or its ``.safetensors`` copy: a local file, a folder or Hub
             repo holding that file name, ``"org/name/path/file.pth"``, or a URL. Default:
             :data:`RAM_WEIGHTS`. Only the ``"model"`` entry of a training save is read.
-        device, dtype: where the model runs (default CPU, float32).
+        device, dtype: where the model runs (default: CUDA when available, else CPU; float32).
         revision: Hub revision of ``weights``.
         config: the architecture. ``None`` reads it from the checkpoint's shapes, with the official
             values for what the weights do not show (384² input, 4 head attention heads, LayerNorm eps
@@ -355,7 +356,7 @@ def load_dape(
     ram_weights: str | os.PathLike | None = None,
     ram_revision: str | None = None,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     revision: str | None = None,
     config: RAMConfig | dict | str | os.PathLike | None = None,
     tag_list: str | os.PathLike | Sequence[str] | None = None,

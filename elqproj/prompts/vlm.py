@@ -18,6 +18,7 @@ from PIL import Image
 
 from elqproj import hub
 from elqproj.errors import CheckpointMismatchError, ConfigError, WeightsNotFoundError
+from elqproj.onestep import resolve_device_dtype
 from elqproj.prompts.base import PromptExtractor, PromptResult, image_list, move_module
 
 __all__ = ["VLMPromptExtractor", "load_vlm", "prompt_phrases", "DEFAULT_VLM", "DEFAULT_INSTRUCTION"]
@@ -110,7 +111,7 @@ class VLMPromptExtractor(PromptExtractor):
     def dtype(self) -> torch.dtype:
         return self.model.dtype
 
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> VLMPromptExtractor:
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None) -> VLMPromptExtractor:
         move_module(self.model, device, dtype, owner="prompt extractor 'vlm'")
         return self
 
@@ -142,7 +143,7 @@ def load_vlm(
     weights: str | os.PathLike | None = None,
     *,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     revision: str | None = None,
     instruction: str = DEFAULT_INSTRUCTION,
     max_new_tokens: int = 64,
@@ -152,7 +153,7 @@ def load_vlm(
     Args:
         weights: Hub model id or local folder of an image-text-to-text model with a chat template
             (default :data:`DEFAULT_VLM`), e.g. ``"Qwen/Qwen2-VL-2B-Instruct"`` for better descriptions.
-        device, dtype: where it runs (default CPU, float32; fp16/bf16 on a GPU).
+        device, dtype: where it runs (default: CUDA when available, else CPU; float32; fp16/bf16 on a GPU).
         revision: Hub branch, tag or commit.
         instruction, max_new_tokens: see :class:`VLMPromptExtractor`.
 
@@ -177,5 +178,5 @@ def load_vlm(
     if not hasattr(processor, "tokenizer") or not hasattr(processor, "image_processor"):
         raise CheckpointMismatchError(f"{spec} has a {type(processor).__name__}, not an image + text processor.")
     extractor = VLMPromptExtractor(model, processor, instruction=instruction, max_new_tokens=max_new_tokens)
-    return extractor.to(device, dtype)
+    return extractor.to(*resolve_device_dtype(device, dtype))
 

@@ -199,3 +199,12 @@ def test_image_list_splits_batches_and_keeps_sizes():
 def test_image_list_rejects_what_is_not_an_image(bad):
     with pytest.raises(InvalidInputError):
         image_list(bad)
+
+
+def test_the_registry_shows_the_default_weights_the_loaders_use():
+    from elqproj.prompts.ram import RAM_WEIGHTS
+    from elqproj.prompts.vlm import DEFAULT_VLM
+
+    assert describe_prompt_extractor("ram")["default_weights"] == RAM_WEIGHTS
+    assert describe_prompt_extractor("vlm")["default_weights"] == DEFAULT_VLM
+    assert describe_prompt_extractor("dape")["default_weights"] is None
