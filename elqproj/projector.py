@@ -119,6 +119,12 @@ class Projector(torch.nn.Module):
         except ValueError as exc:
             raise ConfigError(f"Invalid projector configuration: {exc}") from exc
         engine = OneStepSD.from_pretrained(base_model, revision=revision, device=device, dtype=dtype, shared=shared)
+        return cls.from_engine(engine, cfg)
+
+    @classmethod
+    def from_engine(cls, engine: OneStepSD, config: ProjectorConfig | None = None) -> Projector:
+        """A fresh projector on an already loaded engine (e.g. one built from components)."""
+        cfg = config or ProjectorConfig(base_model=engine.base_model, base_revision=engine.revision)
         projector = cls._attach(engine, cfg)
         for name in cfg.full_weights:
             component, param = name.split(".", 1)
