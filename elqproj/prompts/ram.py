@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from elqproj import hub
-from elqproj.errors import CheckpointMismatchError, ConfigError, InvalidInputError, WeightsNotFoundError
+from elqproj.errors import CheckpointMismatchError, ConfigError, WeightsNotFoundError
 from elqproj.onestep import resolve_device_dtype
 from elqproj.prompts.base import PromptExtractor, PromptResult, image_list, move_module
 from elqproj.prompts.ram_model import (
@@ -99,7 +99,7 @@ def ram_pixel_values(images: Sequence[torch.Tensor], size: int, preprocessing: P
     for image in images:
         if preprocessing == "ram":
             as_uint8 = (image.detach().float() * 255).round().clamp(0, 255).to("cpu", torch.uint8)
-            pil = Image.fromarray(as_uint8.permute(1, 2, 0).numpy(), mode="RGB")
+            pil = Image.fromarray(as_uint8.permute(1, 2, 0).numpy())  # (H, W, 3) uint8: RGB
             # PIL itself: torch's uint8 antialiased kernel differs from PIL's by one level on downscales.
             out = np.array(pil.resize((size, size), Image.Resampling.BILINEAR))
             resized.append(torch.from_numpy(out).permute(2, 0, 1)[None].to(device).float() / 255)
@@ -229,7 +229,7 @@ class RAMTagger(PromptExtractor):
         """
         return self.tag_pixel_values(self.pixel_values(images))
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: the features may enter a graph later (e.g. SeeSR training)
     def tag_pixel_values(self, pixel_values: torch.Tensor) -> PromptResult:
         """:meth:`extract` on an already preprocessed batch ``(B, 3, S, S)`` (see :meth:`pixel_values`)."""
         output = self.model(pixel_values.to(self.device, self.dtype))

@@ -64,7 +64,7 @@ def prompt_phrases(text: str) -> list[str]:
 def _as_pil(image: torch.Tensor) -> Image.Image:
     """(3, H, W) float in [0, 1] -> 8-bit RGB PIL image, the input every image processor accepts."""
     array = (image.detach().float().clamp(0, 1) * 255).round().to("cpu", torch.uint8).permute(1, 2, 0).numpy()
-    return Image.fromarray(array, mode="RGB")
+    return Image.fromarray(array)  # (H, W, 3) uint8: RGB
 
 
 class VLMPromptExtractor(PromptExtractor):
