@@ -37,7 +37,9 @@ from .errors import ConfigError, ImageDecodeError, ImageTooLargeError, InvalidIn
 
 __all__ = [
     "MAX_PIXELS_DEFAULT",
+    "RANGE_TOLERANCE",
     "ImageMeta",
+    "resolve_max_pixels",
     "load_image",
     "save_image",
     "to_tensor",

@@ -36,6 +36,7 @@ __all__ = [
     "tile_origins",
     "gaussian_tile_weights",
     "tiled_latent_apply",
+    "vae_scale_factor",
     "vae_encode",
     "vae_decode",
 ]
