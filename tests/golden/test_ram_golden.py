@@ -91,6 +91,7 @@ def _extracted_from_sources(model: str) -> PromptResult:
     return _load(model, preprocessing="ram").extract(_sources())
 
 
+@pytest.mark.golden
 def test_golden_ram_discovery_finds_every_recorded_tensor():
     assert MODELS and SOURCES and STRING_CASES
     assert {quantity for _, quantity in FLOAT_CASES} <= set(_recorded_quantities(MODELS[0]))
