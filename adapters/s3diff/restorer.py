@@ -140,7 +140,7 @@ class S3DiffRestorer(Restorer):
         self.adapter_set = adapter_set
         self.modulator = modulator
         self.degradation_estimator = degradation_estimator
-        self._unet_modulation, self._vae_modulation = modulation
+        self.unet_modulation, self.vae_modulation = modulation
         self.weights = weights
         self.tiling = tiling
 
@@ -235,11 +235,11 @@ class S3DiffRestorer(Restorer):
         """
         with self.engine.using(self.adapter_set):
             mods = self.modulation(deg_score)
-            self._unet_modulation.matrices, self._vae_modulation.matrices = mods.unet, mods.vae
+            self.unet_modulation.matrices, self.vae_modulation.matrices = mods.unet, mods.vae
             try:
                 yield mods
             finally:
-                self._unet_modulation.matrices = self._vae_modulation.matrices = None
+                self.unet_modulation.matrices = self.vae_modulation.matrices = None
 
     # ---------------------------------------------------------------- inference
     def encode_prompt(self, prompts: Sequence[str], *, long_prompt: str = "truncate") -> torch.Tensor:
