@@ -112,16 +112,18 @@ def _uint8_levels(x: torch.Tensor, *, truncate: bool) -> torch.Tensor:
     return (scaled.floor() if truncate else scaled.round()) / 255
 
 
-def _per_image(value: torch.Tensor | None, index: int, shape: tuple[int, ...], name: str) -> torch.Tensor | None:
-    """Row ``index`` of a user-supplied ``(B, *shape[1:])`` tensor (a single row serves every image)."""
+def _per_image(value: torch.Tensor | None, index: int, batch: int, shape: tuple[int, ...],
+               name: str) -> torch.Tensor | None:
+    """Row ``index`` of a user-supplied ``(batch or 1, *shape[1:])`` tensor (one row serves every image)."""
     if value is None:
         return None
-    if not isinstance(value, torch.Tensor) or value.ndim != len(shape) or tuple(value.shape[1:]) != shape[1:]:
+    if (not isinstance(value, torch.Tensor) or value.ndim != len(shape) or tuple(value.shape[1:]) != shape[1:]
+            or value.shape[0] not in (1, batch)):
         got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-        raise InvalidInputError(f"{name} must be a tensor (B, {', '.join(map(str, shape[1:]))}), got {got}.")
-    if value.shape[0] == 1:
-        return value
-    return value[index : index + 1]
+        raise InvalidInputError(
+            f"{name} must be a tensor ({batch} or 1, {', '.join(map(str, shape[1:]))}) for these images, got {got}."
+        )
+    return value if value.shape[0] == 1 else value[index : index + 1]
 
 
 class SeeSRRestorer(Restorer):
@@ -367,8 +369,8 @@ class SeeSRRestorer(Restorer):
         for i in range(batch):
             condition = conditions[i : i + 1].to(self.unet.device)
             shape = self.latent_shape(condition)
-            noise = _per_image(latents, i, shape, "latents")
-            posterior_noise = _per_image(encoder_noise, i, shape, "encoder_noise")
+            noise = _per_image(latents, i, batch, shape, "latents")
+            posterior_noise = _per_image(encoder_noise, i, batch, shape, "encoder_noise")
             if noise is None:
                 noise = torch.randn(shape, generator=generator, dtype=torch.float32, device=generator.device)
             lr_latents = None

@@ -128,7 +128,8 @@ def _predict_noise_tiled(
     packed = torch.cat([latents, F.pixel_unshuffle(condition.to(latents.dtype), factor)], dim=1)
 
     def evaluate_packed(tile: torch.Tensor) -> torch.Tensor:
-        return evaluate(tile[:, :channels], F.pixel_shuffle(tile[:, channels:], factor))
+        # float32 out: the official stitching buffer is float32 whatever the network dtype.
+        return evaluate(tile[:, :channels], F.pixel_shuffle(tile[:, channels:], factor)).float()
 
     return tiling_mod.tiled_latent_apply(evaluate_packed, packed, tile=tiling.latent_tile,
                                          overlap=tiling.latent_overlap)
@@ -208,7 +209,7 @@ def denoise(
                                      conditioning_scale=conditioning_scale)
 
             if tiled:
-                model_output = _predict_noise_tiled(evaluate, model_input, condition, tiling).float()
+                model_output = _predict_noise_tiled(evaluate, model_input, condition, tiling)
             else:
                 model_output = evaluate(model_input, condition).float()
             eps = model_output
