@@ -8,7 +8,6 @@ public extractor loader. Golden parity itself lives in tests/golden/test_seesr_g
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 
 import pytest
