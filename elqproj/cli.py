@@ -83,7 +83,10 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         loader["base_model"] = args.base_model
     if args.backend_weights:
         loader["weights"] = args.backend_weights
-    tiling = TilingConfig(mode=args.tiling, **({"latent_tile": args.tile_size // 8} if args.tile_size else {}))
+    tile = {}
+    if args.tile_size:  # official proportions: overlap a third of the 96-latent tile (32)
+        tile = {"latent_tile": args.tile_size // 8, "latent_overlap": args.tile_size // 8 // 3}
+    tiling = TilingConfig(mode=args.tiling, **tile)
     projector = None
     if args.projector:
         from .projector import Projector

@@ -18,7 +18,7 @@ def shared():
     return projector, osediff
 
 
-def _x(seed: int = 0, shape=(1, 3, 32, 40)) -> torch.Tensor:
+def _x(seed: int = 0, shape=(1, 3, 64, 72)) -> torch.Tensor:
     return torch.rand(shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
@@ -32,7 +32,7 @@ def test_projector_and_osediff_share_one_base(shared):
 def test_switching_sets_reproduces_a_private_engine(shared):
     projector, osediff = shared
     x = _x()
-    noise = torch.randn(1, 4, 4, 5, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(1, 4, 8, 9, generator=torch.Generator().manual_seed(1))
     private = load_restorer("osediff", weights=OSEDIFF_GOLDEN_PKL, base_model=TINY_SD21, device="cpu",
                             engine=OneStepSD.from_pretrained(TINY_SD21, device="cpu", shared=False))
     with torch.no_grad():
@@ -87,7 +87,7 @@ def test_merge_gives_the_same_result_and_needs_a_private_engine(shared):
     with pytest.raises(ConfigError, match="exactly one adapter set"):
         shared[0].engine.merge()
     merged = load_restorer("osediff", weights=OSEDIFF_GOLDEN_PKL, base_model=TINY_SD21, device="cpu", merge_lora=True)
-    x, noise = _x(2), torch.randn(1, 4, 4, 5, generator=torch.Generator().manual_seed(2))
+    x, noise = _x(2), torch.randn(1, 4, 8, 9, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         embeds = merged.encode_prompt(["dog"])
         got = merged(x, embeds, encoder_noise=noise).image
@@ -97,7 +97,7 @@ def test_merge_gives_the_same_result_and_needs_a_private_engine(shared):
 
 
 def test_encoder_noise_shape_is_checked(shared):
-    with pytest.raises(Exception, match=r"expected \(1, 4, 4, 5\)"):
+    with pytest.raises(Exception, match=r"expected \(1, 4, 8, 9\)"):
         shared[1](_x(), shared[1].encode_prompt([""]), encoder_noise=torch.zeros(1, 4, 2, 2))
 
 
