@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from elqproj.degradations import DegradationPipeline, presets
+from elqproj.degradations import DegradationPipeline
 
 
 def _synchronize(device: torch.device) -> None:

@@ -71,7 +71,8 @@ def degrade_files(
             or an image too small for the degradation.
         ConfigError: an invalid config or scale.
     """
-    paths = expand_inputs([os.fspath(inputs)] if isinstance(inputs, (str, os.PathLike)) else [os.fspath(p) for p in inputs])
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    paths = expand_inputs([os.fspath(item) for item in items])
     if not paths:
         raise InvalidInputError(f"no images found in {inputs!r}")
     stems: dict[str, Path] = {}

@@ -39,7 +39,9 @@ _STREAM_KEYS: dict[str, int] = {"color": 0, "gray": 1}
 class NoiseSource(Protocol):
     """Where the random numbers of the noise functions come from."""
 
-    def standard_normal(self, shape: tuple[int, int, int, int], stream: NoiseStream, like: torch.Tensor) -> torch.Tensor:
+    def standard_normal(
+        self, shape: tuple[int, int, int, int], stream: NoiseStream, like: torch.Tensor
+    ) -> torch.Tensor:
         """N(0, 1) samples of ``shape`` = (B, C, H, W), with ``like``'s dtype and device."""
         ...
 
@@ -66,7 +68,9 @@ class SeededNoise:
         if batch != len(self.seeds):
             raise InvalidInputError(f"{len(self.seeds)} noise seeds for a batch of {batch} images")
 
-    def standard_normal(self, shape: tuple[int, int, int, int], stream: NoiseStream, like: torch.Tensor) -> torch.Tensor:
+    def standard_normal(
+        self, shape: tuple[int, int, int, int], stream: NoiseStream, like: torch.Tensor
+    ) -> torch.Tensor:
         self._check_batch(shape[0])
         # Drawn in float32 whatever the working precision: the same seed gives the same noise.
         out = torch.empty(shape, dtype=torch.float32, device=like.device)
@@ -77,9 +81,15 @@ class SeededNoise:
     def poisson(self, rate: torch.Tensor, stream: NoiseStream) -> torch.Tensor:
         self._check_batch(rate.shape[0])
         samples = [
-            torch.poisson(rate[b].float(), generator=self._generator(b, stream, rate.device)) for b in range(rate.shape[0])
+            torch.poisson(rate[b].float(), generator=self._generator(b, stream, rate.device))
+            for b in range(rate.shape[0])
         ]
         return torch.stack(samples).to(rate.dtype)
+
+
+def _any_gray(gray: bool | torch.Tensor) -> bool:
+    # Pass gray flags as a CPU tensor (or bool) to keep this test from waiting on the GPU.
+    return bool(torch.as_tensor(gray).any())
 
 
 def _per_sample(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -103,9 +113,9 @@ def gaussian_noise(
     """
     batch, channels, height, width = img.shape
     sigma = _per_sample(sigma, img)
-    gray = _per_sample(gray, img)
+    any_gray, gray = _any_gray(gray), _per_sample(gray, img)
     noise = source.standard_normal((batch, channels, height, width), "color", img) * sigma / 255.0
-    if bool((gray > 0).any()):
+    if any_gray:
         gray_noise = source.standard_normal((batch, 1, height, width), "gray", img) * sigma / 255.0
         noise = noise * (1 - gray) + gray_noise * gray
     return noise
@@ -139,10 +149,10 @@ def poisson_noise(
     Returns:
         ``(B, 3, H, W)`` noise in [0, 1] image units (detached from ``img``: sampling has no gradient).
     """
-    gray = _per_sample(gray, img)
+    any_gray, gray = _any_gray(gray), _per_sample(gray, img)
     with torch.no_grad():
         noise = _shot_noise(img, "color", source)
-        if bool((gray > 0).any()):
+        if any_gray:
             gray_noise = _shot_noise(rgb_to_grayscale(img, num_output_channels=1), "gray", source)
             noise = noise * (1 - gray) + gray_noise.expand_as(noise) * gray
     return noise * _per_sample(scale, img)

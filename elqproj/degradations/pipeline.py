@@ -56,8 +56,9 @@ def _blur(img: torch.Tensor, kernels: list[BlurKernel]) -> torch.Tensor:
 
 
 def _add_noise(img: torch.Tensor, step: NoiseParams, source: NoiseSource) -> torch.Tensor:
-    strength = torch.tensor(step.strength, dtype=img.dtype, device=img.device)
-    gray = torch.tensor(step.gray, dtype=img.dtype, device=img.device)
+    # CPU tensors: the noise functions move them to img's device.
+    strength = torch.tensor(step.strength, dtype=img.dtype)
+    gray = torch.tensor(step.gray)
     add = add_gaussian_noise if step.kind == "gaussian" else add_poisson_noise
     return add(img, strength, gray, source)
 

@@ -42,7 +42,11 @@ REALESRGAN = DegradationConfig(
     usm=USMConfig(weight=0.5, radius=50, threshold=10),
     stage1=StageConfig(
         blur=BlurConfig(
-            kernel_probs=_KERNEL_PROBS, sinc_prob=0.1, sigma_range=(0.2, 3.0), betag_range=(0.5, 4.0), betap_range=(1.0, 2.0)
+            kernel_probs=_KERNEL_PROBS,
+            sinc_prob=0.1,
+            sigma_range=(0.2, 3.0),
+            betag_range=(0.5, 4.0),
+            betap_range=(1.0, 2.0),
         ),
         resize=ResizeConfig(probs={"up": 0.2, "down": 0.7, "keep": 0.1}, range=(0.15, 1.5)),
         noise=NoiseConfig(gaussian_prob=0.5, sigma_range=(1.0, 30.0), poisson_scale_range=(0.05, 3.0), gray_prob=0.4),
@@ -51,7 +55,11 @@ REALESRGAN = DegradationConfig(
     second_blur_prob=0.8,
     stage2=StageConfig(
         blur=BlurConfig(
-            kernel_probs=_KERNEL_PROBS, sinc_prob=0.1, sigma_range=(0.2, 1.5), betag_range=(0.5, 4.0), betap_range=(1.0, 2.0)
+            kernel_probs=_KERNEL_PROBS,
+            sinc_prob=0.1,
+            sigma_range=(0.2, 1.5),
+            betag_range=(0.5, 4.0),
+            betap_range=(1.0, 2.0),
         ),
         resize=ResizeConfig(probs={"up": 0.3, "down": 0.4, "keep": 0.3}, range=(0.3, 1.2)),
         noise=NoiseConfig(gaussian_prob=0.5, sigma_range=(1.0, 25.0), poisson_scale_range=(0.05, 2.5), gray_prob=0.4),
@@ -69,7 +77,11 @@ ELQ = DegradationConfig(
     usm=None,
     stage1=StageConfig(
         blur=BlurConfig(
-            kernel_probs=_KERNEL_PROBS, sinc_prob=0.15, sigma_range=(0.2, 4.0), betag_range=(0.5, 6.0), betap_range=(1.0, 3.0)
+            kernel_probs=_KERNEL_PROBS,
+            sinc_prob=0.15,
+            sigma_range=(0.2, 4.0),
+            betag_range=(0.5, 6.0),
+            betap_range=(1.0, 3.0),
         ),
         resize=ResizeConfig(probs={"up": 0.1, "down": 0.8, "keep": 0.1}, range=(0.1, 1.5)),
         noise=NoiseConfig(gaussian_prob=0.5, sigma_range=(1.0, 60.0), poisson_scale_range=(0.05, 6.0), gray_prob=0.4),
@@ -78,7 +90,11 @@ ELQ = DegradationConfig(
     second_blur_prob=0.9,
     stage2=StageConfig(
         blur=BlurConfig(
-            kernel_probs=_KERNEL_PROBS, sinc_prob=0.15, sigma_range=(0.2, 3.0), betag_range=(0.5, 6.0), betap_range=(1.0, 3.0)
+            kernel_probs=_KERNEL_PROBS,
+            sinc_prob=0.15,
+            sigma_range=(0.2, 3.0),
+            betag_range=(0.5, 6.0),
+            betap_range=(1.0, 3.0),
         ),
         resize=ResizeConfig(probs={"up": 0.2, "down": 0.6, "keep": 0.2}, range=(0.15, 1.2)),
         noise=NoiseConfig(gaussian_prob=0.5, sigma_range=(1.0, 50.0), poisson_scale_range=(0.05, 5.0), gray_prob=0.4),

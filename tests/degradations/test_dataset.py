@@ -67,7 +67,8 @@ def test_a_folder_of_image_files_is_read(tmp_path, sources):
         Image.fromarray(array).save(tmp_path / f"{index}.png")
     dataset = DegradationTripletDataset(tmp_path, crop_size=CROP)
     assert len(dataset) == 2
-    torch.testing.assert_close(dataset[0]["hq"], DegradationTripletDataset(sources, crop_size=CROP)[0]["hq"], rtol=0, atol=1e-6)
+    from_tensors = DegradationTripletDataset(sources, crop_size=CROP)[0]["hq"]
+    torch.testing.assert_close(dataset[0]["hq"], from_tensors, rtol=0, atol=1e-6)
 
 
 def test_dataloader_workers_give_the_same_items_as_the_main_process(sources):

@@ -20,8 +20,8 @@ def _write_photo(folder, name: str) -> None:
 def test_degrade_writes_images_and_params(tmp_path):
     _write_photo(tmp_path, "astronaut")
     out = tmp_path / "out"
-    code = main(["degrade", str(tmp_path / "astronaut.png"), "-o", str(out), "--preset", "elq", "--seed", "0", "--save-params", "-q"])
-    assert code == 0
+    args = ["degrade", str(tmp_path / "astronaut.png"), "-o", str(out), "--preset", "elq", "--seed", "0"]
+    assert main([*args, "--save-params", "-q"]) == 0
     assert Image.open(out / "astronaut.png").size == (128, 128)
     assert json.loads((out / "astronaut.json").read_text())["config"]["name"] == "elq"
 
@@ -29,13 +29,15 @@ def test_degrade_writes_images_and_params(tmp_path):
 def test_degrade_with_the_same_seed_is_reproducible(tmp_path):
     _write_photo(tmp_path, "chelsea")
     for run in ("a", "b"):
-        assert main(["degrade", str(tmp_path / "*.png"), "-o", str(tmp_path / run), "--preset", "osediff", "--seed", "3", "-q"]) == 0
+        args = ["degrade", str(tmp_path / "*.png"), "-o", str(tmp_path / run), "--preset", "osediff", "--seed", "3"]
+        assert main([*args, "-q"]) == 0
     assert (tmp_path / "a" / "chelsea.png").read_bytes() == (tmp_path / "b" / "chelsea.png").read_bytes()
 
 
 def test_degrade_scale_sets_the_lq_size(tmp_path):
     _write_photo(tmp_path, "chelsea")
-    assert main(["degrade", str(tmp_path), "-o", str(tmp_path / "out"), "--preset", "realesrgan", "--scale", "2", "-q"]) == 0
+    args = ["degrade", str(tmp_path), "-o", str(tmp_path / "out"), "--preset", "realesrgan", "--scale", "2"]
+    assert main([*args, "-q"]) == 0
     assert Image.open(tmp_path / "out" / "chelsea.png").size == (64, 64)
 
 

@@ -42,7 +42,9 @@ def test_scale_overrides_the_final_down_scale(folder, tmp_path):
 
 
 def test_saved_params_reproduce_the_written_image(folder, tmp_path):
-    (written,) = degrade_files(folder / "chelsea.jpg", tmp_path / "out", config="elq", seed=4, save_params=True, progress=False)
+    (written,) = degrade_files(
+        folder / "chelsea.jpg", tmp_path / "out", config="elq", seed=4, save_params=True, progress=False
+    )
     record = json.loads(written.with_suffix(".json").read_text())
     pipeline = DegradationPipeline(record["config"])
     source = _read(record["source"])

@@ -69,7 +69,8 @@ def test_sinc_at_nyquist_cutoff_keeps_mass_at_the_centre():
 
 
 def test_stack_kernels_pads_every_kernel_centred_to_the_largest():
-    stacked = stack_kernels([GaussianKernel(size=7, sigma_x=1, sigma_y=1), SincKernel(size=21, cutoff=1.0), PulseKernel()])
+    kernels = [GaussianKernel(size=7, sigma_x=1, sigma_y=1), SincKernel(size=21, cutoff=1.0), PulseKernel()]
+    stacked = stack_kernels(kernels)
     assert stacked.shape == (3, 21, 21) and stacked.dtype == torch.float32
     torch.testing.assert_close(stacked[0, 7:14, 7:14], gaussian_kernel(7, 1, 1).float())
     assert stacked[0].sum().item() == pytest.approx(1.0, abs=1e-6)

@@ -20,7 +20,9 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize(
-    ("preset", "size"), [(presets.REALESRGAN, 32), (presets.OSEDIFF, 128), (presets.ELQ, 128)], ids=["realesrgan", "osediff", "elq"]
+    ("preset", "size"),
+    [(presets.REALESRGAN, 32), (presets.OSEDIFF, 128), (presets.ELQ, 128)],
+    ids=["realesrgan", "osediff", "elq"],
 )
 def test_output_size_and_8_bit_grid(photos, preset, size):
     lq, _ = DegradationPipeline(preset)(photos, seed=0)

@@ -197,7 +197,8 @@ class RecordedNoise:
 
 
 def _uniforms(entry: dict) -> list[torch.Tensor]:
-    return [torch.tensor(draw["result"], dtype=torch.float32) for draw in entry["draws"] if draw["call"] == "torch.rand"]
+    rand_draws = [draw for draw in entry["draws"] if draw["call"] == "torch.rand"]
+    return [torch.tensor(draw["result"], dtype=torch.float32) for draw in rand_draws]
 
 
 def _official_noise(entry: dict, source: RecordedNoise) -> torch.Tensor:
@@ -305,7 +306,9 @@ X4PLUS = CASES["pipeline_realesrgan_x4plus"]
 
 
 @pytest.mark.golden
-@pytest.mark.parametrize("run", X4PLUS["runs"], ids=_ids("pipeline_realesrgan_x4plus", [f"seed{r['seed']}" for r in X4PLUS["runs"]]))
+@pytest.mark.parametrize(
+    "run", X4PLUS["runs"], ids=_ids("pipeline_realesrgan_x4plus", [f"seed{r['seed']}" for r in X4PLUS["runs"]])
+)
 def test_golden_degradations_pipeline_realesrgan_x4plus(run):
     pipeline = DegradationPipeline(presets.REALESRGAN)
     usm = USMParams(**pipeline.config.usm.model_dump())
@@ -324,7 +327,9 @@ OSEDIFF = CASES["pipeline_osediff"]
 
 
 @pytest.mark.golden
-@pytest.mark.parametrize("run", OSEDIFF["runs"], ids=_ids("pipeline_osediff", [f"seed{r['seed']}" for r in OSEDIFF["runs"]]))
+@pytest.mark.parametrize(
+    "run", OSEDIFF["runs"], ids=_ids("pipeline_osediff", [f"seed{r['seed']}" for r in OSEDIFF["runs"]])
+)
 def test_golden_degradations_pipeline_osediff(run):
     choices = run["choices"]
     # run["input"] reads "<tensor key>[<sample>] (...)"; degrade_process flips it (augmentation) first.
