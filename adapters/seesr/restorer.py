@@ -11,12 +11,13 @@ Reproduces the official ``test_seesr.py`` + ``pipelines/pipeline_seesr.py`` for 
 4. decode, round to uint8, colour fix (AdaIN by default) truncated to uint8, and a final PIL bicubic
    resize to exactly ``upscale`` × the input size.
 
-Other inputs (tensors, numpy) take the same path in float: torch bicubic resizing, padding to a multiple of
+Image files are read and take the PIL path. Other inputs (tensors, numpy) take the same path in float: torch bicubic resizing, padding to a multiple of
 8 instead of the resize, no quantisation.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from elqproj.adapters.osediff import upscale_tensor
 from elqproj.colorfix import ColorFix, apply_color_fix
 from elqproj.errors import CheckpointMismatchError, InvalidInputError, WeightsNotFoundError
 from elqproj.hub import WeightsSpec, resolve_dir
-from elqproj.onestep import resolve_device_dtype
+from elqproj.devices import resolve_device_dtype
 from elqproj.prompts.base import PromptExtractor, load_prompt_extractor
 
 from .image_attention import IMAGE_CROSS_ATTENTION_DIM
@@ -97,6 +98,15 @@ def upscale_like_official(image: Image.Image, *, process_size: int = 512, upscal
     image = image.resize((w * upscale, h * upscale), Image.BICUBIC)
     w, h = image.size
     return image.resize((w // 8 * 8, h // 8 * 8), Image.BICUBIC)
+
+
+def _as_pil_if_file(image: Any) -> Any:
+    """Image files (one path or a list of paths) as loaded PIL images: the official script reads files."""
+    if isinstance(image, (str, os.PathLike)):
+        return imageio.load_image(image)
+    if isinstance(image, (list, tuple)) and image and all(isinstance(i, (str, os.PathLike)) for i in image):
+        return [imageio.load_image(i) for i in image]
+    return image
 
 
 def _is_pil_input(image: Any) -> bool:
@@ -305,7 +315,11 @@ class SeeSRRestorer(Restorer):
         callback: Callable[[SeeSRStep], None] | None = None,
         **kwargs: Any,
     ) -> Any:
-        """Restore ``image`` (PIL in → PIL out; ``(B, 3, H, W)`` [0, 1] tensors in → tensors out; numpy, paths).
+        """Restore ``image`` (PIL in → PIL out; ``(B, 3, H, W)`` [0, 1] tensors in → tensors out; numpy arrays;
+        image files, which are read and returned as PIL images).
+
+        PIL images and files follow the official script bit for bit (PIL resizing, uint8 steps); other
+        inputs take the same path in float (torch bicubic, padding to a multiple of 8, no quantisation).
 
         Args:
             prompt: the tags (one string, or one per image), e.g. ``"bird, branch, tree"``; the official
@@ -349,6 +363,7 @@ class SeeSRRestorer(Restorer):
             raise InvalidInputError(f"process_size must be an integer >= 0, got {process_size!r} (official: 512).")
         tiling = tiling or self.tiling
 
+        image = _as_pil_if_file(image)
         official_pil = _is_pil_input(image)
         lr, meta = imageio.to_tensor(image)
         if official_pil:

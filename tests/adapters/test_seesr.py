@@ -180,6 +180,16 @@ def test_pil_input_gives_a_pil_image_upscale_times_larger(restorer):
     assert (out.mode, out.size) == ("RGB", (40, 48))  # enlarged to a 16-px short side, resized back to ×4
 
 
+def test_an_image_file_is_restored_like_the_pil_image(restorer, tmp_path):
+    image = Image.fromarray((torch.rand(16, 16, 3, generator=torch.Generator().manual_seed(2)) * 255)
+                            .to(torch.uint8).numpy())
+    image.save(tmp_path / "lq.png")
+    from_file = restorer.restore(tmp_path / "lq.png", prompt="bird", image_features=_features(), **FAST)
+    from_pil = restorer.restore(image, prompt="bird", image_features=_features(), **FAST)
+    assert isinstance(from_file, Image.Image)
+    assert from_file.tobytes() == from_pil.tobytes()
+
+
 def test_tensor_batch_gives_a_tensor_batch_in_unit_range(restorer):
     lq = torch.rand(2, 3, 16, 20, generator=torch.Generator().manual_seed(1))
     out = restorer.restore(lq, prompt=["bird", "tree"], image_features=_features(), **FAST)
