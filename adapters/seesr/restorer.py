@@ -463,7 +463,7 @@ class SeeSRRestorer(Restorer):
         again (truncated), PIL bicubic resize. Other inputs stay float (antialiased torch bicubic)."""
         if official_pil:
             restored = _uint8_levels(restored, truncate=False)
-        restored = apply_color_fix(restored, source.to(restored.dtype), method)
+        restored = apply_color_fix(restored, source.to(restored.device, restored.dtype), method)
         if official_pil:
             restored = _uint8_levels(restored, truncate=True)
             if tuple(restored.shape[-2:]) != size:
