@@ -21,7 +21,8 @@ from contextlib import contextmanager
 import torch
 
 from elqproj import Projector
-from elqproj.onestep import OneStepSD, resolve_device_dtype
+from elqproj.devices import resolve_device_dtype
+from elqproj.onestep import OneStepSD
 from elqproj.tiling import TilingConfig
 
 # stabilityai/stable-diffusion-2-1-base configs (unet/, vae/, text_encoder/ config.json), abridged to the

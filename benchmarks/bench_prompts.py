@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from elqproj.onestep import resolve_device_dtype
+from elqproj.devices import resolve_device_dtype
 from elqproj.prompts.ram import RAMTagger
 from elqproj.prompts.ram_model import RAMConfig, RAMModel
 

@@ -30,7 +30,7 @@ from diffusers import AutoencoderKL, DDPMScheduler
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from elqproj.adapters.seesr import SeeSRControlNetModel, SeeSRRestorer, SeeSRUNet2DConditionModel
-from elqproj.onestep import resolve_device_dtype
+from elqproj.devices import resolve_device_dtype
 
 _DOWN = ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
 _UP = ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]

@@ -101,18 +101,27 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     restorer_kwargs = {"color_fix": args.color_fix} if args.color_fix else {}
     if projector is None and restorer.accepts("process_size"):
         restorer_kwargs["process_size"] = args.process_size
+    prompt = args.prompt
+    if args.prompt_weights:
+        from .prompts import load_prompt_extractor
+
+        prompt = load_prompt_extractor(args.prompt, weights=args.prompt_weights, device=args.device)
+    elif projector is not None:
+        prompt = projector.get_prompt_extractor(args.prompt)
     failures = 0
     for src, dst in tqdm(todo, desc="restore", unit="img", disable=args.quiet):
         try:
             image = imageio.load_image(src)
             if projector is not None:
-                result = projector.restore(image, backend=restorer, prompt=args.prompt, lfo=args.lfo, seed=args.seed,
+                result = projector.restore(image, backend=restorer, prompt=prompt, lfo=args.lfo, seed=args.seed,
                                            upscale=args.upscale, process_size=args.process_size,
                                            restorer_kwargs=restorer_kwargs)
                 out = result.image
             else:
-                prompt = args.prompt if args.prompt is not None else ""
-                out = restorer.restore(image, prompt=prompt, seed=args.seed, upscale=args.upscale, **restorer_kwargs)
+                from .prompts import as_prompt_extractor
+
+                texts = as_prompt_extractor(prompt)([image])
+                out = restorer.restore(image, prompt=texts[0], seed=args.seed, upscale=args.upscale, **restorer_kwargs)
             imageio.save_image(out, dst, exif=image.info.get("exif"))
         except ElqprojError as exc:
             failures += 1
@@ -125,6 +134,17 @@ def _cmd_degrade(args: argparse.Namespace) -> int:
 
     degrade_files(args.inputs, args.output, config=args.preset, seed=args.seed, scale=args.scale,
                   save_params=args.save_params, device=args.device, progress=not args.quiet)
+    return 0
+
+
+def _cmd_tag(args: argparse.Namespace) -> int:
+    from . import imageio
+    from .prompts import load_prompt_extractor
+
+    extractor = load_prompt_extractor(args.extractor, weights=args.weights, device=args.device, dtype=args.dtype)
+    for path in expand_inputs(args.inputs):
+        text = extractor([imageio.load_image(path)])[0]
+        print(json.dumps({"file": str(path), "prompt": text}) if args.json else f"{path}\t{text}")
     return 0
 
 
@@ -182,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend-weights", help="weights of the backend (path, Hub id or URL)")
     p.add_argument("--base-model", help="SD base model directory or Hub id (overrides the default)")
     p.add_argument("--prompt", help="prompt text, or an extractor name (none, ram, dape, vlm)")
+    p.add_argument("--prompt-weights", help="weights of the --prompt extractor (e.g. DAPE.pth)")
     p.add_argument("--lfo", type=_lfo, default=0, help="Look-Forward-Once passes, or 'auto' (default 0)")
     p.add_argument("--seed", type=int, default=None, help="random seed (reproducible results)")
     p.add_argument("--upscale", type=int, default=1, help="output/input size ratio (default 1)")
@@ -206,6 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_degrade)
+
+    p = sub.add_parser("tag", help="print the prompt a prompt extractor gives each image")
+    p.add_argument("inputs", nargs="+", help="image files, folders or globs")
+    p.add_argument("--extractor", default="ram", help="ram, dape, vlm, ... (default ram)")
+    p.add_argument("--weights", default=None, help="extractor weights (path, Hub id or URL)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=_cmd_tag)
 
     p = sub.add_parser("info", help="backends, their capabilities and licences, devices, versions")
     p.add_argument("--json", action="store_true", help="machine-readable output")

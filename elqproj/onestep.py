@@ -36,10 +36,11 @@ import torch
 from torch import nn
 
 from . import tiling as tiling_mod
-from .errors import CheckpointMismatchError, ConfigError, DeviceError, InvalidInputError
+from .errors import CheckpointMismatchError, ConfigError, InvalidInputError
+from .devices import resolve_device_dtype
 from .hub import WeightsSpec, resolve_dir
 
-__all__ = ["OneStepSD", "OneStepOutput", "AdapterSet", "LongPromptMode", "resolve_device_dtype", "prompts_for_batch"]
+__all__ = ["OneStepSD", "OneStepOutput", "AdapterSet", "LongPromptMode", "prompts_for_batch"]
 
 LongPromptMode = Literal["truncate", "chunk"]
 
@@ -56,42 +57,6 @@ _BASE_FILES = [
 ]
 _REQUIRED = ("unet/config.json", "vae/config.json", "text_encoder/config.json", "tokenizer", "scheduler")
 _COMPONENTS = ("unet", "vae")
-
-
-def resolve_device_dtype(
-    device: str | torch.device | None, dtype: torch.dtype | str | None
-) -> tuple[torch.device, torch.dtype]:
-    """Normalise user device/dtype arguments; default: CUDA if available, fp32.
-
-    ``dtype`` may be a torch dtype or one of "fp32", "fp16", "bf16" (also "float16", "bfloat16", …).
-    fp16 on the CPU is refused (most CPU kernels lack it): use bf16 or fp32 there.
-    """
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise DeviceError(f"Unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'.") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"device={device!r} was requested but CUDA is not available; use device='cpu'.")
-    names = {
-        "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-        "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-        "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    }
-    if dtype is None:
-        dt = torch.float32
-    elif isinstance(dtype, str):
-        if dtype.lower() not in names:
-            raise DeviceError(f"Unknown dtype {dtype!r}; use 'fp32', 'fp16' or 'bf16'.")
-        dt = names[dtype.lower()]
-    elif dtype in (torch.float32, torch.float16, torch.bfloat16):
-        dt = dtype
-    else:
-        raise DeviceError(f"Unsupported dtype {dtype!r}; use torch.float32, torch.float16 or torch.bfloat16.")
-    if dev.type == "cpu" and dt == torch.float16:
-        raise DeviceError("fp16 is not supported on the CPU; use dtype='bf16' or 'fp32' there, or a CUDA device.")
-    return dev, dt
 
 
 def prompts_for_batch(prompt: str | Sequence[str] | None, batch: int) -> list[str]:

@@ -96,7 +96,7 @@ class Projector(torch.nn.Module):
         self.engine = engine
         self.config = config
         self.adapter_set = adapter_set
-        self._restorers: dict[Any, Any] = {}
+        self._restorers: dict[Any, Any] = {}  # loaded restorers and prompt extractors, by name + options
 
     # ---------------------------------------------------------------- creation
     @classmethod
@@ -297,7 +297,19 @@ class Projector(torch.nn.Module):
         from .pipeline import RestorationPipeline
 
         pipe = RestorationPipeline(self, self.get_restorer(backend, **(backend_kwargs or {})))
-        return pipe(image, prompt=prompt, lfo=lfo, **kwargs)
+        return pipe(image, prompt=self.get_prompt_extractor(prompt), lfo=lfo, **kwargs)
+
+    def get_prompt_extractor(self, spec: Any, **loader_kwargs: Any):
+        """The prompt extractor for ``spec`` (see :func:`elqproj.prompts.as_prompt_extractor`); a registered
+        name is loaded once, on this projector's device, and cached (LFO calls it k + 2 times per image)."""
+        from .prompts import as_prompt_extractor, list_prompt_extractors, load_prompt_extractor
+
+        if isinstance(spec, str) and spec.lower() in list_prompt_extractors() and spec.lower() != "none":
+            key = ("prompt", spec.lower(), tuple(sorted((k, repr(v)) for k, v in loader_kwargs.items())))
+            if key not in self._restorers:
+                self._restorers[key] = load_prompt_extractor(spec, device=self.device, **loader_kwargs)
+            return self._restorers[key]
+        return as_prompt_extractor(spec)
 
     def get_restorer(self, backend: Any, **loader_kwargs: Any):
         """The restorer g for ``backend``: a loaded Restorer as is, or a registered name loaded once on

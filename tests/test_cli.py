@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -89,3 +90,41 @@ def test_info_lists_backends_with_licences(capsys):
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "elqproj.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("elqproj ")
+
+
+class _CountingTagger:
+    loads = 0
+
+    def __new__(cls, weights=None, *, device=None, dtype=None, revision=None, **kwargs):
+        from elqproj.prompts import FixedPrompt
+
+        cls.loads += 1
+        return FixedPrompt(f"tags from {weights}")
+
+
+@pytest.fixture
+def counting_tagger(monkeypatch):
+    import elqproj.prompts.base as prompt_registry
+    from elqproj.prompts import register_prompt_extractor
+
+    monkeypatch.setattr(prompt_registry, "_registry", dict(prompt_registry._registry))  # undone after the test
+    _CountingTagger.loads = 0
+    register_prompt_extractor("counting-test", _CountingTagger, overwrite=True)
+    return _CountingTagger
+
+
+def test_tag_prints_one_prompt_per_image(tmp_path, capsys, counting_tagger):
+    _write(tmp_path / "a.png")
+    _write(tmp_path / "b.png", seed=1)
+    assert main(["tag", str(tmp_path), "--extractor", "counting-test", "--weights", "w.pth", "--json",
+                 "--device", "cpu"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [Path(x["file"]).name for x in lines] == ["a.png", "b.png"]
+    assert all(x["prompt"] == "tags from w.pth" for x in lines) and counting_tagger.loads == 1
+
+
+def test_projector_loads_a_named_extractor_once(projector_dir, counting_tagger):
+    projector = Projector.from_pretrained(projector_dir, device="cpu")
+    first = projector.get_prompt_extractor("counting-test")
+    assert projector.get_prompt_extractor("counting-test") is first and counting_tagger.loads == 1
+    assert projector.get_prompt_extractor("a literal prompt")(["x"]) == ["a literal prompt"]

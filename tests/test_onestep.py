@@ -7,7 +7,8 @@ import torch
 
 from elqproj import ConfigError, DeviceError, Projector, load_restorer
 from elqproj.errors import CheckpointMismatchError
-from elqproj.onestep import OneStepSD, resolve_device_dtype
+from elqproj.devices import resolve_device_dtype
+from elqproj.onestep import OneStepSD
 from tests.conftest import GOLDEN_DIR, OSEDIFF_GOLDEN_PKL, TINY_SD21
 
 

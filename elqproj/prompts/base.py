@@ -343,11 +343,11 @@ def move_module(module: torch.nn.Module, device: str | torch.device | None, dtyp
     """``module.to(device, dtype)`` in place; ``None`` keeps the current device / dtype.
 
     ``dtype`` may be a torch dtype or ``"fp32"``, ``"fp16"``, ``"bf16"`` (see
-    :func:`elqproj.onestep.resolve_device_dtype`). Unavailable devices raise :class:`DeviceError`.
+    :func:`elqproj.devices.resolve_device_dtype`). Unavailable devices raise :class:`DeviceError`.
     """
     if device is None and dtype is None:
         return
-    from elqproj.onestep import resolve_device_dtype  # imports diffusers: only when a model moves
+    from elqproj.devices import resolve_device_dtype
 
     current = next(module.parameters())
     target_device, target_dtype = resolve_device_dtype(current.device if device is None else device,

@@ -25,7 +25,7 @@ from PIL import Image
 
 from elqproj import hub
 from elqproj.errors import CheckpointMismatchError, ConfigError, WeightsNotFoundError
-from elqproj.onestep import resolve_device_dtype
+from elqproj.devices import resolve_device_dtype
 from elqproj.prompts.base import PromptExtractor, PromptResult, image_list, move_module
 from elqproj.prompts.ram_model import (
     RAMConfig,

@@ -18,7 +18,7 @@ from PIL import Image
 
 from elqproj import hub
 from elqproj.errors import CheckpointMismatchError, ConfigError, WeightsNotFoundError
-from elqproj.onestep import resolve_device_dtype
+from elqproj.devices import resolve_device_dtype
 from elqproj.prompts.base import PromptExtractor, PromptResult, image_list, move_module
 
 __all__ = ["VLMPromptExtractor", "load_vlm", "prompt_phrases", "DEFAULT_VLM", "DEFAULT_INSTRUCTION"]

@@ -1,0 +1,45 @@
+"""Device and dtype arguments: one place that turns what users pass into torch objects (no heavy imports)."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import DeviceError
+
+__all__ = ["resolve_device_dtype"]
+
+
+def resolve_device_dtype(
+    device: str | torch.device | None, dtype: torch.dtype | str | None
+) -> tuple[torch.device, torch.dtype]:
+    """Normalise user device/dtype arguments; default: CUDA if available, fp32.
+
+    ``dtype`` may be a torch dtype or one of "fp32", "fp16", "bf16" (also "float16", "bfloat16", …).
+    fp16 on the CPU is refused (most CPU kernels lack it): use bf16 or fp32 there.
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DeviceError(f"Unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'.") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device={device!r} was requested but CUDA is not available; use device='cpu'.")
+    names = {
+        "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+        "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+        "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    }
+    if dtype is None:
+        dt = torch.float32
+    elif isinstance(dtype, str):
+        if dtype.lower() not in names:
+            raise DeviceError(f"Unknown dtype {dtype!r}; use 'fp32', 'fp16' or 'bf16'.")
+        dt = names[dtype.lower()]
+    elif dtype in (torch.float32, torch.float16, torch.bfloat16):
+        dt = dtype
+    else:
+        raise DeviceError(f"Unsupported dtype {dtype!r}; use torch.float32, torch.float16 or torch.bfloat16.")
+    if dev.type == "cpu" and dt == torch.float16:
+        raise DeviceError("fp16 is not supported on the CPU; use dtype='bf16' or 'fp32' there, or a CUDA device.")
+    return dev, dt
