@@ -296,7 +296,12 @@ def load_checkpoint(path: WeightsSpec, *, map_location: str | torch.device = "cp
                 tensors[key] = value
         return tensors
     try:
-        obj = torch.load(str(path), map_location=map_location, weights_only=True)
+        try:  # memory-map zip-format checkpoints: a 5 GB RAM file is then not read into memory at once
+            obj = torch.load(str(path), map_location=map_location, weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            obj = torch.load(str(path), map_location=map_location, weights_only=True)  # legacy format
     except pickle.UnpicklingError as exc:
         raise UnsafeCheckpointError(
             f"Refused to load {path}: it is a pickle that references code or objects outside the safe "
