@@ -148,6 +148,12 @@ def _cmd_tag(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .training.command import run
+
+    return run(args)
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     import torch
 
@@ -236,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"])
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=_cmd_tag)
+
+    p = sub.add_parser("train", help="train a projector with the IRIB objective (docs/training.md)")
+    from .training.command import add_arguments as add_train_arguments
+
+    add_train_arguments(p)
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("info", help="backends, their capabilities and licences, devices, versions")
     p.add_argument("--json", action="store_true", help="machine-readable output")
