@@ -1,4 +1,5 @@
-"""Latency and peak memory of the one-step engine: g alone (OSEDiff-shaped) and f + g on one shared base.
+"""Latency and peak memory of the one-step engine: g alone (OSEDiff-shaped), f + g on one shared base, and
+the full pipeline with a DAPE-sized prompt extractor and LFO x2.
 
 Builds SD2.1-base-sized models with random weights from the real configs (no download) and times each
 stage (prompt encode, VAE encode, UNet, VAE decode) with CUDA synchronisation, after warm-up.
@@ -7,6 +8,8 @@ stage (prompt encode, VAE encode, UNet, VAE decode) with CUDA synchronisation, a
     python benchmarks/bench_onestep.py --device cpu --sizes 128 --dtypes fp32 --repeats 2   # CPU smoke run
 
 At 2048² the latent (256²) exceeds one 96² latent tile, so latent tiling and the tiled VAE are used.
+The "pipeline" rows run ``RestorationPipeline`` (extractor k + 2 = 4 times, f three times, g once) with a
+random full-size DAPE tagger (Swin-L, 384²) and report its stage timings (prompt, project, restore).
 Random weights give the same cost as real ones; the outputs are meaningless.
 """
 
@@ -20,7 +23,10 @@ from contextlib import contextmanager
 
 import torch
 
+from bench_prompts import CONFIGS, build_tagger  # same folder
 from elqproj import Projector
+from elqproj.adapters.osediff import OSEDiffRestorer
+from elqproj.pipeline import RestorationPipeline
 from elqproj.devices import resolve_device_dtype
 from elqproj.onestep import OneStepSD
 from elqproj.tiling import TilingConfig
@@ -122,10 +128,35 @@ def run(args: argparse.Namespace) -> list[dict]:
                     row["gpu"] = torch.cuda.get_device_name()
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+            if args.lfo is not None and size <= 1024:
+                rows.append(pipeline_row(engine, f, g, size, dtype_name, args))
         del engine, f, g
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
+
+
+def pipeline_row(engine: OneStepSD, f: Projector, g: Projector, size: int, dtype_name: str,
+                 args: argparse.Namespace) -> dict:
+    """Median stage timings of the whole pipeline: DAPE-sized tagger, f with LFO, OSEDiff-shaped g."""
+    device = engine.device
+    tagger = build_tagger(CONFIGS[args.tagger], device, engine.dtype, "seesr")
+    pipe = RestorationPipeline(f, OSEDiffRestorer(engine, g.adapter_set))
+    image = torch.rand(1, 3, size, size)
+    timings: dict[str, list[float]] = {}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for i in range(args.warmup + args.repeats):
+        result = pipe(image, prompt=tagger, lfo=args.lfo, seed=0, process_size=0, restorer_kwargs={"color_fix": "none"})
+        if i >= args.warmup:
+            for key, value in result.timings.items():
+                timings.setdefault(key, []).append(value)
+    row = {"scenario": f"pipeline lfo={args.lfo} tagger={args.tagger}", "size": size, "dtype": dtype_name,
+           "device": str(device), **{k: round(statistics.median(v) * 1000, 2) for k, v in timings.items()}}
+    if device.type == "cuda":
+        row["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def main() -> None:
@@ -135,8 +166,11 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=[512, 2048])
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--lfo", type=int, default=2, help="LFO passes of the pipeline rows (-1: skip them)")
+    parser.add_argument("--tagger", choices=sorted(CONFIGS), default="full", help="DAPE size for the pipeline rows")
     parser.add_argument("--tokenizer", default=None, help="a CLIP tokenizer directory (default: the tiny fixture's)")
     args = parser.parse_args()
+    args.lfo = None if args.lfo < 0 else args.lfo
     print("# times in ms (median); stage keys: <f|g>.<prompt|vae_enc|unet|vae_dec>, total")
     run(args)
 
