@@ -113,6 +113,7 @@ class OneStepOutput:
 
 _ENGINES: "weakref.WeakValueDictionary[tuple, OneStepSD]" = weakref.WeakValueDictionary()
 _ENGINES_LOCK = threading.Lock()
+_STALE: Any = object()  # an "active set" no name equals: forces activate() to re-apply the state
 
 
 def _adapter_token(text: str) -> str:
@@ -282,8 +283,10 @@ class OneStepSD(nn.Module):
                         model.add_adapter(config, adapter_name=full)
                         adapter_set.adapters[component].append(full)
             self._sets[name] = adapter_set
-            # peft leaves new adapters trainable and possibly active: restore the active set's state.
-            previous, self._active = self._active, None
+            # peft leaves new adapters trainable and active (diffusers' add_adapter calls set_adapter):
+            # re-apply the active set's state unconditionally, also when no set is active (then the
+            # new adapters must be disabled; a plain activate(None) would be a no-op here).
+            previous, self._active = self._active, _STALE
             self.activate(previous)
             for model in (self.unet, self.vae):
                 model.requires_grad_(False)

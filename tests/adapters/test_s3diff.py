@@ -125,11 +125,23 @@ def test_loading_twice_reuses_the_adapter_set(restorer):
     assert again.unet_modulation is restorer.unet_modulation
 
 
-def test_merging_the_modulated_lora_is_refused():
-    private = OneStepSD.from_pretrained(TINY_SD21, device="cpu", shared=False)
-    _load(engine=private)
+@pytest.fixture(scope="module")
+def private_engine() -> OneStepSD:
+    """An unshared engine that holds S3Diff only (loaded while no adapter set was active)."""
+    engine = OneStepSD.from_pretrained(TINY_SD21, device="cpu", shared=False)
+    _load(engine=engine)
+    return engine
+
+
+def test_merging_the_modulated_lora_is_refused(private_engine):
     with pytest.raises(ConfigError, match="cannot be merged"):
-        private.merge()
+        private_engine.merge()
+
+
+def test_the_bare_base_runs_without_the_s3diff_lora(private_engine):
+    # A run with no active set must not reach S3Diff's (modulated) LoRA layers.
+    with torch.no_grad(), private_engine.using(None):
+        private_engine.predict_noise(torch.zeros(1, 4, 8, 8), private_engine.encode_prompt([""]))
 
 
 def test_unmodulated_use_of_the_adapter_set_raises(restorer):
