@@ -7,7 +7,6 @@ the work itself lives in the library, so everything the CLI does is also one Pyt
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import logging
 import platform
@@ -18,28 +17,9 @@ from typing import Any
 
 from . import __version__
 from .errors import ElqprojError, InvalidInputError
+from .imageio import IMAGE_SUFFIXES, expand_image_paths
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 logger = logging.getLogger("elqproj")
-
-
-def expand_inputs(items: Sequence[str]) -> list[Path]:
-    """Files, globs and folders (their images, sorted) -> list of image files, in order, deduplicated."""
-    found: list[Path] = []
-    for item in items:
-        path = Path(item)
-        if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        elif path.is_file():
-            found.append(path)
-        else:
-            matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
-            files = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
-            if not files:
-                raise InvalidInputError(f"No image found for {item!r}: not a file, folder or matching glob.")
-            found += files
-    unique: dict[Path, None] = dict.fromkeys(found)
-    return list(unique)
 
 
 def output_paths(inputs: Sequence[Path], output: str) -> list[Path]:
@@ -71,7 +51,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     from .adapters.base import load_restorer
     from .tiling import TilingConfig
 
-    inputs = expand_inputs(args.inputs)
+    inputs = expand_image_paths(args.inputs)
     targets = output_paths(inputs, args.output)
     todo = [(i, o) for i, o in zip(inputs, targets) if not (args.skip_existing and o.exists())]
     if len(todo) < len(inputs):
@@ -142,7 +122,7 @@ def _cmd_tag(args: argparse.Namespace) -> int:
     from .prompts import load_prompt_extractor
 
     extractor = load_prompt_extractor(args.extractor, weights=args.weights, device=args.device, dtype=args.dtype)
-    for path in expand_inputs(args.inputs):
+    for path in expand_image_paths(args.inputs):
         text = extractor([imageio.load_image(path)])[0]
         print(json.dumps({"file": str(path), "prompt": text}) if args.json else f"{path}\t{text}")
     return 0

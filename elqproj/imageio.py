@@ -22,6 +22,7 @@ Conventions
 
 from __future__ import annotations
 
+import glob
 import os
 import uuid
 from dataclasses import dataclass
@@ -154,6 +155,28 @@ def _check_pixel_count(height: int, width: int, max_pixels: int | None, what: st
             "pixels; downscale it, or raise the limit with max_pixels= or the ELQPROJ_MAX_PIXELS environment "
             "variable if the image is trusted"
         )
+
+
+#: File suffixes treated as images when expanding folders and globs.
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+def expand_image_paths(items: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files, globs and folders (their images, sorted) -> list of image files, in order, deduplicated."""
+    found: list[Path] = []
+    for item in items:
+        path = Path(item)
+        item = os.fspath(item)
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif path.is_file():
+            found.append(path)
+        else:
+            matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
+            files = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
+            if not files:
+                raise InvalidInputError(f"No image found for {item!r}: not a file, folder or matching glob.")
+            found += files
+    unique: dict[Path, None] = dict.fromkeys(found)
+    return list(unique)
 
 
 def load_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Image.Image:

@@ -14,8 +14,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from elqproj import ElqprojError, Projector
-from elqproj.cli import expand_inputs
-from elqproj.imageio import load_image, save_image
+from elqproj.imageio import expand_image_paths, load_image, save_image
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     restorer = projector.get_restorer(args.backend, **loader)
     out_dir = Path(args.output_dir)
     failed = 0
-    for path in tqdm(expand_inputs([args.input_dir]), unit="img"):
+    for path in tqdm(expand_image_paths([args.input_dir]), unit="img"):
         try:
             image = load_image(path)
             result = projector.restore(image, backend=restorer, prompt=args.prompt, lfo=args.lfo, seed=args.seed,

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .. import imageio
-from ..cli import expand_inputs
+from ..imageio import expand_image_paths
 from ..errors import ConfigError, InvalidInputError
 from . import presets
 from .config import DegradationConfig
@@ -35,7 +35,7 @@ ImageItem = str | os.PathLike | Image.Image | torch.Tensor
 
 def _list_images(images: str | os.PathLike | Iterable[ImageItem]) -> list[ImageItem]:
     if isinstance(images, (str, os.PathLike)):
-        return list(expand_inputs([os.fspath(images)]))
+        return list(expand_image_paths([os.fspath(images)]))
     return list(images)
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .. import imageio
-from ..cli import expand_inputs
+from ..imageio import expand_image_paths
 from ..errors import InvalidInputError
 from .config import DegradationConfig
 from .pipeline import DegradationPipeline
@@ -72,7 +72,7 @@ def degrade_files(
         ConfigError: an invalid config or scale.
     """
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    paths = expand_inputs([os.fspath(item) for item in items])
+    paths = expand_image_paths([os.fspath(item) for item in items])
     if not paths:
         raise InvalidInputError(f"no images found in {inputs!r}")
     stems: dict[str, Path] = {}
