@@ -274,5 +274,7 @@ class LoRAModulation:
             )
         matrix = matrix.expand(batch, -1, -1)
         if isinstance(module, nn.Conv2d):  # rank = channel axis: (B, r, H, W)
-            return torch.einsum("bkhw,bkj->bjhw", output, matrix)
+            # As a (B, r, r)ᵀ @ (B, r, H·W) product: einsum would return channels-last strides, which
+            # send the following lora_B convolution down a slow path.
+            return torch.bmm(matrix.transpose(1, 2), output.flatten(2)).view_as(output)
         return torch.einsum("b...k,bkj->b...j", output, matrix)  # rank = last axis: (B, ..., r)
