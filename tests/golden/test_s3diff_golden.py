@@ -165,12 +165,16 @@ def test_golden_s3diff_latent_tiles(restorer, case):
 @pytest.mark.golden
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"golden-s3diff-{c}")
 def test_golden_s3diff_unet_predictions(restorer, case):
-    """ε(pos) and ε(neg) of every UNet call, given that call's recorded input (a latent tile in the
-    tiled case) where one is recorded: the random tiny UNet amplifies input differences ~100x, and
-    the chained result is checked by the model-intermediates test. A case that records no UNet
-    input (the swapped-scores case) uses our own latent."""
+    """ε(pos) and ε(neg) of every UNet call, given that call's recorded inputs: the latent (a latent
+    tile in the tiled case) and the text embeddings of the official prompts, which every case uses.
+    The random tiny UNet amplifies input differences ~100x (the recorded batch-of-2 and batch-of-1
+    runs of the same image differ by 4e-5 in ε(neg)); the chained result is checked by the
+    model-intermediates test. A case that records no UNet input latent (the swapped-scores case)
+    uses our own latent."""
     recorded = _recorded(case)
-    out, pos, neg = _model_run(restorer, case)
+    out, _, _ = _model_run(restorer, case)
+    batch = out.latent.shape[0]
+    pos, neg = (_recorded_text(name).expand(batch, -1, -1) for name in ("pos_text_hidden", "neg_text_hidden"))
     if "unet_tile_in" in recorded:
         tiles = list(recorded["unet_tile_in"])
     elif "lq_latent" in recorded:
@@ -182,6 +186,11 @@ def test_golden_s3diff_unet_predictions(restorer, case):
             preds = [restorer.engine.predict_noise(tile, embeds, tiling=TilingConfig(mode="never")) for tile in tiles]
             produced = torch.stack(preds) if recorded[name].ndim == 5 else preds[0]  # (n_tiles, B, 4, t, t)
             _assert_close(name, produced, recorded[name])
+
+
+def _recorded_text(name: str) -> torch.Tensor:
+    """The recorded text-encoder output ``name`` (recorded once: every case uses the same prompts)."""
+    return next(value for key, value in TENSORS.items() if key.endswith("/" + name))
 
 
 def _tiles(latent: torch.Tensor, tiling: TilingConfig) -> list[torch.Tensor]:
