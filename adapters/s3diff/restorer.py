@@ -235,7 +235,9 @@ class S3DiffRestorer(Restorer):
         """
         with self.engine.using(self.adapter_set):
             mods = self.modulation(deg_score)
-            self.unet_modulation.matrices, self.vae_modulation.matrices = mods.unet, mods.vae
+            # Cast once here rather than in each of the hundreds of hooked layers.
+            self.unet_modulation.matrices = mods.unet.to(self.engine.unet.dtype)
+            self.vae_modulation.matrices = mods.vae.to(self.engine.vae.dtype)
             try:
                 yield mods
             finally:
