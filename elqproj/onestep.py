@@ -323,6 +323,15 @@ class OneStepSD(nn.Module):
             except AttributeError:
                 raise CheckpointMismatchError(f"The base {component} has no parameter {name!r}.") from None
 
+    def base_value(self, component: str, param_name: str) -> torch.Tensor:
+        """The base model's own value of a parameter, whatever set is active (a detached copy)."""
+        with self._lock:
+            key = (component, param_name)
+            if key in self._pristine:
+                return self._pristine[key].clone()
+            self._unmerge()
+            return self._base_parameter(component, param_name).detach().clone()
+
     def override_parameter_names(self, set_name: str) -> list[tuple[str, str]]:
         return list(self._sets[set_name].overrides)
 

@@ -128,8 +128,7 @@ class Projector(torch.nn.Module):
         projector = cls._attach(engine, cfg)
         for name in cfg.full_weights:
             component, param = name.split(".", 1)
-            engine.set_override(projector.adapter_set, component, param,
-                                engine._base_parameter(component, param).detach())
+            engine.set_override(projector.adapter_set, component, param, engine.base_value(component, param))
         return projector
 
     @classmethod

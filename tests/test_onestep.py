@@ -147,3 +147,15 @@ def test_bf16_runs_on_cpu():
     with torch.no_grad():
         out = engine(_x().bfloat16(), engine.encode_prompt(["dog"]), seed=0)
     assert out.image.dtype == torch.bfloat16 and torch.isfinite(out.image.float()).all()
+
+
+def test_a_new_projector_starts_from_the_base_conv_in_whatever_set_is_active(shared):
+    _, osediff = shared
+    engine = osediff.engine
+    engine.activate(osediff.adapter_set)
+    fresh = Projector.from_engine(engine)
+    with engine.using(fresh.adapter_set):
+        conv_fresh = engine._base_parameter("unet", "conv_in.weight").clone()
+    with engine.using(None):
+        conv_base = engine._base_parameter("unet", "conv_in.weight").clone()
+    torch.testing.assert_close(conv_fresh, conv_base, rtol=0, atol=0)
