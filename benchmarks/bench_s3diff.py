@@ -50,7 +50,9 @@ def build_engine(device: torch.device, dtype: torch.dtype, tokenizer) -> OneStep
     with torch.device(device):
         unet = UNet2DConditionModel(**SD21_UNET)
         vae = AutoencoderKL(**SD21_VAE)
-        text = CLIPTextModel(CLIPTextConfig(**{**SD21_TEXT, "vocab_size": len(tokenizer)}))
+        text = CLIPTextModel(CLIPTextConfig(**{
+            **SD21_TEXT, "vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}))
     sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     engine = OneStepSD(vae, unet, text, tokenizer, sched.alphas_cumprod, base_model="random-sd-turbo")
     return engine.to(device=device, dtype=dtype)
