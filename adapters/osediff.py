@@ -152,7 +152,12 @@ class OSEDiffRestorer(Restorer):
                                                dtype=dtype, shared=not merge_lora)
         set_name = "osediff_" + hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:10]
         if not engine.has_adapter_set(set_name):
-            _attach(engine, set_name, ckpt)
+            try:
+                _attach(engine, set_name, ckpt)
+            except Exception:
+                if engine.has_adapter_set(set_name):  # leave the shared engine as it was
+                    engine.remove_adapter_set(set_name)
+                raise
         restorer = cls(engine, set_name, weights=str(path))
         if merge_lora:
             engine.merge()
@@ -208,7 +213,7 @@ class OSEDiffRestorer(Restorer):
             raise InvalidInputError(f"upscale must be a positive integer, got {upscale!r}.")
         if process_size < 0:
             raise InvalidInputError(f"process_size must be >= 0, got {process_size!r}.")
-        official_pil = _is_pil_input(image)
+        official_pil = imageio.is_pil_input(image)
         if official_pil:
             pils = [image] if isinstance(image, Image.Image) else list(image)
             _, meta = imageio.to_tensor(image)
@@ -229,22 +234,11 @@ class OSEDiffRestorer(Restorer):
                            sample_posterior=sample_posterior).image
         restored = imageio.crop_padding((out.float() * 0.5 + 0.5).cpu(), pad)
         if official_pil:
-            restored = _truncate_uint8(restored)  # ToPILImage truncates; the colour fix reads that image back
+            restored = imageio.snap_to_uint8_levels(restored, truncate=True)  # the colour fix reads the PIL image back
         restored = apply_color_fix(restored, source.to(restored.dtype), color_fix)
         if official_pil:
-            restored = _truncate_uint8(restored)
+            restored = imageio.snap_to_uint8_levels(restored, truncate=True)
         return imageio.from_tensor(restored, meta)
-
-
-def _is_pil_input(image: Any) -> bool:
-    if isinstance(image, Image.Image):
-        return True
-    return isinstance(image, (list, tuple)) and bool(image) and all(isinstance(i, Image.Image) for i in image)
-
-
-def _truncate_uint8(x: torch.Tensor) -> torch.Tensor:
-    """floor(255·v)/255: torchvision's ToPILImage (``mul(255).byte()``) truncates instead of rounding."""
-    return (x.clamp(0, 1) * 255).to(torch.uint8).to(torch.float32) / 255
 
 
 def _check_osediff_checkpoint(ckpt: dict, path: Path) -> None:

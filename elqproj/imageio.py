@@ -642,6 +642,24 @@ def from_tensor(images: torch.Tensor, meta: ImageMeta) -> Any:
 # Size alignment
 
 
+
+def is_pil_input(image: Any) -> bool:
+    """True for a PIL image or a non-empty list/tuple of them (the inputs official scripts take)."""
+    if isinstance(image, Image.Image):
+        return True
+    return isinstance(image, (list, tuple)) and bool(image) and all(isinstance(i, Image.Image) for i in image)
+
+
+def snap_to_uint8_levels(x: torch.Tensor, *, truncate: bool) -> torch.Tensor:
+    """Snap [0, 1] values to k/255 as a uint8 conversion would, staying float.
+
+    ``truncate=True`` is torchvision's ``ToPILImage`` (``mul(255).byte()``, used by the official
+    OSEDiff/S3Diff scripts and colour fixes); ``False`` rounds like diffusers' ``numpy_to_pil``.
+    """
+    scaled = x.clamp(0, 1) * 255
+    return (scaled.floor() if truncate else scaled.round()) / 255
+
+
 def pad_to_multiple(
     x: torch.Tensor, multiple: int = 8, *, mode: Literal["reflect", "replicate", "constant"] = "reflect"
 ) -> tuple[torch.Tensor, tuple[int, int]]:

@@ -292,6 +292,21 @@ class OneStepSD(nn.Module):
                 model.requires_grad_(False)
             return adapter_set
 
+    def remove_adapter_set(self, name: str) -> None:
+        """Delete set ``name``: its LoRA adapters and overrides (e.g. after a checkpoint failed to load)."""
+        with self._lock:
+            if name not in self._sets:
+                raise ConfigError(f"No adapter set {name!r} on this engine (have: {list(self._sets)}).")
+            if self._active == name:
+                self.activate(None)
+            self._unmerge()
+            removed = self._sets.pop(name)
+            for component in _COMPONENTS:
+                if removed.adapters[component]:
+                    getattr(self, component).delete_adapters(removed.adapters[component])
+            previous, self._active = self._active, None
+            self.activate(previous)
+
     def set_override(self, set_name: str, component: str, param_name: str, value: torch.Tensor) -> None:
         """Replace base parameter ``param_name`` of ``component`` by ``value`` while ``set_name`` is active."""
         with self._lock:

@@ -178,7 +178,10 @@ class RestorationPipeline:
                 kwargs.setdefault("process_size", 0)  # already sized above: no second pre-enlargement in g
             if self.restorer.capabilities.uses_image_features and result.image_features is not None:
                 kwargs.setdefault("image_features", result.image_features)
-            hq = self.restorer.restore(lq, prompt=result.texts, seed=seed, upscale=1, **kwargs)
+            # No prompt at all (extractor "none"): let g use its own default (S3Diff's official positive
+            # prompt, SeeSR's own tagger) rather than forcing the empty string on it.
+            g_prompt = result.texts if any(result.texts) else None
+            hq = self.restorer.restore(lq, prompt=g_prompt, seed=seed, upscale=1, **kwargs)
         bar.update(bar.total - bar.n)
         bar.close()
         clock.times["total"] = time.perf_counter() - start

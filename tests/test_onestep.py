@@ -159,3 +159,18 @@ def test_a_new_projector_starts_from_the_base_conv_in_whatever_set_is_active(sha
     with engine.using(None):
         conv_base = engine._base_parameter("unet", "conv_in.weight").clone()
     torch.testing.assert_close(conv_fresh, conv_base, rtol=0, atol=0)
+
+
+def test_a_checkpoint_that_fails_to_load_leaves_no_adapter_set(shared, tmp_path):
+    from elqproj.hub import load_checkpoint
+
+    engine = shared[0].engine
+    before = engine.adapter_sets()
+    ckpt = load_checkpoint(OSEDIFF_GOLDEN_PKL)
+    ckpt["rank_unet"] = 8  # LoRA tensors of rank 4 no longer fit
+    torch.save(ckpt, tmp_path / "bad_rank.pkl")
+    with pytest.raises(CheckpointMismatchError, match="wrong shape"):
+        load_restorer("osediff", weights=tmp_path / "bad_rank.pkl", base_model=TINY_SD21, device="cpu")
+    assert engine.adapter_sets() == before
+    owners = {name.split("__")[0] for name in [*engine.unet.peft_config, *engine.vae.peft_config]}
+    assert owners <= set(before)  # no LoRA of the failed load is left on the shared base

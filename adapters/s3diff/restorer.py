@@ -36,7 +36,6 @@ from elqproj.onestep import OneStepOutput, OneStepSD, prompts_for_batch
 from elqproj.tiling import TilingConfig
 
 # The official script's quantisation helpers; shared with OSEDiff rather than copied.
-from ..osediff import _is_pil_input, _truncate_uint8
 from ..base import Restorer, RestorerCapabilities
 from .degradation_estimator import DegradationEstimator
 from .modulation import (
@@ -319,7 +318,7 @@ class S3DiffRestorer(Restorer):
         """
         if isinstance(upscale, bool) or not isinstance(upscale, (int, float)) or upscale <= 0:
             raise InvalidInputError(f"upscale must be a positive number, got {upscale!r}.")
-        official_pil = _is_pil_input(image)
+        official_pil = imageio.is_pil_input(image)
         x, meta = imageio.to_tensor(image)
         x = x.to(self.engine.device)
         batch = x.shape[0]
@@ -344,10 +343,11 @@ class S3DiffRestorer(Restorer):
         restored = imageio.crop_padding(out.image.float(), pad) * 0.5 + 0.5
         reference = upscaled
         if official_pil:  # ToPILImage truncates both images; the colour fix reads them back
-            restored, reference = _truncate_uint8(restored), _truncate_uint8(reference)
+            restored = imageio.snap_to_uint8_levels(restored, truncate=True)
+            reference = imageio.snap_to_uint8_levels(reference, truncate=True)
         restored = apply_color_fix(restored, reference, color_fix)
         if official_pil:
-            restored = _truncate_uint8(restored)
+            restored = imageio.snap_to_uint8_levels(restored, truncate=True)
         return imageio.from_tensor(restored, meta)
 
 

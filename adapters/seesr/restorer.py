@@ -109,19 +109,6 @@ def _as_pil_if_file(image: Any) -> Any:
     return image
 
 
-def _is_pil_input(image: Any) -> bool:
-    if isinstance(image, Image.Image):
-        return True
-    return isinstance(image, (list, tuple)) and bool(image) and all(isinstance(i, Image.Image) for i in image)
-
-
-def _uint8_levels(x: torch.Tensor, *, truncate: bool) -> torch.Tensor:
-    """Snap [0, 1] values to k/255 as the official PIL conversions do: diffusers' ``numpy_to_pil`` rounds,
-    torchvision's ``ToPILImage`` (used by the colour fix) truncates."""
-    scaled = x.clamp(0, 1) * 255
-    return (scaled.floor() if truncate else scaled.round()) / 255
-
-
 def _per_image(value: torch.Tensor | None, index: int, batch: int, shape: tuple[int, ...],
                name: str) -> torch.Tensor | None:
     """Row ``index`` of a user-supplied ``(batch or 1, *shape[1:])`` tensor (one row serves every image)."""
@@ -364,7 +351,7 @@ class SeeSRRestorer(Restorer):
         tiling = tiling or self.tiling
 
         image = _as_pil_if_file(image)
-        official_pil = _is_pil_input(image)
+        official_pil = imageio.is_pil_input(image)
         lr, meta = imageio.to_tensor(image)
         if official_pil:
             pils = [image] if isinstance(image, Image.Image) else list(image)
@@ -462,10 +449,10 @@ class SeeSRRestorer(Restorer):
         PIL input repeats the official chain: uint8 pipeline output (rounded), colour fix on it, uint8
         again (truncated), PIL bicubic resize. Other inputs stay float (antialiased torch bicubic)."""
         if official_pil:
-            restored = _uint8_levels(restored, truncate=False)
+            restored = imageio.snap_to_uint8_levels(restored, truncate=False)
         restored = apply_color_fix(restored, source.to(restored.device, restored.dtype), method)
         if official_pil:
-            restored = _uint8_levels(restored, truncate=True)
+            restored = imageio.snap_to_uint8_levels(restored, truncate=True)
             if tuple(restored.shape[-2:]) != size:
                 levels = (restored[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
                 pil = Image.fromarray(levels).resize((size[1], size[0]), Image.BICUBIC)
