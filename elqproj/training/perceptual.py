@@ -11,6 +11,7 @@ acceptable for tests and smoke runs.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -56,7 +57,9 @@ def load_lpips(net: str = "vgg", *, backbone: str | os.PathLike = "pretrained",
         raise ConfigError(
             f"lpips_backbone {str(backbone)!r} is neither 'pretrained', 'random' nor an existing file."
         )
-    model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=backbone != "pretrained", verbose=False)
+    with warnings.catch_warnings():  # lpips still calls torchvision's deprecated `pretrained=` argument
+        warnings.filterwarnings("ignore", message=r".*(pretrained|weight enum).*", category=UserWarning)
+        model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=backbone != "pretrained", verbose=False)
     if path is not None:
         _load_backbone(model, path)
     model.requires_grad_(False)

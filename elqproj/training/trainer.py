@@ -126,6 +126,14 @@ class IRIBTrainer:
         self.weight_dtype = _WEIGHT_DTYPES[run.mixed_precision]
         self.resume_dir = checkpoints.resolve_resume(self.output_dir, resume)
         self.global_step = 0
+        self.restorer_class = self._restorer_class()
+        self.dataset = build_train_dataset(config)
+        per_step = config.data.batch_size * self.accelerator.num_processes
+        if len(self.dataset) < per_step:
+            raise ConfigError(
+                f"{len(self.dataset)} training images give no full batch of {config.data.batch_size} per process "
+                f"on {self.accelerator.num_processes} process(es); add images or lower data.batch_size."
+            )
 
         self.student, self.restorer = self._build_networks()
         self.student_parameters = self._trainable_parameters(self.student)
@@ -142,7 +150,6 @@ class IRIBTrainer:
         self.lq_pipeline = DegradationPipeline(degradation_config(config.data.lq_degradation))
         self.negative_embeds = self.student.encode_prompt([config.prompts.negative_prompt])
 
-        self.dataset = build_train_dataset(config)
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=config.data.batch_size, shuffle=True, drop_last=True,
             num_workers=config.data.num_workers, pin_memory=self.device.type == "cuda",
@@ -152,11 +159,6 @@ class IRIBTrainer:
         (self.student_model, self.regularizer_model, self.optimizer, self.regularizer_optimizer, self.train_loader,
          self.lr_scheduler, self.regularizer_lr_scheduler) = self.accelerator.prepare(
             self.student, self.regularizer, optimizer, regularizer_optimizer, loader, scheduler, regularizer_scheduler)
-        if len(self.train_loader) == 0:
-            raise ConfigError(
-                f"{len(self.dataset)} training images give no full batch of {config.data.batch_size} per process "
-                f"on {self.accelerator.num_processes} process(es); add images or lower data.batch_size."
-            )
         self.accelerator.register_save_state_pre_hook(self._save_weights_hook)
         self.accelerator.register_load_state_pre_hook(self._load_weights_hook)
         self.validation_batch = build_validation_batch(config) if self.accelerator.is_main_process else None
@@ -169,26 +171,36 @@ class IRIBTrainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "training_config.yaml").write_text(config.to_yaml())
         self.accelerator.init_trackers(run.tracker_project, config=_flatten(config.model_dump(mode="json")))
+        if self.accelerator.is_main_process:
+            logger.info("training %s on %d process(es) (%s, %s), %d images, from step %d", config.mode,
+                        self.accelerator.num_processes, self.accelerator.distributed_type.value, self.device,
+                        len(self.dataset), self.global_step)
 
     # ------------------------------------------------------------------ building
     def _private_engine(self, base_model: str, revision: str | None) -> OneStepSD:
         return OneStepSD.from_pretrained(base_model, revision=revision, device=self.device, dtype=self.weight_dtype,
                                          shared=False, tiling=_WHOLE)
 
-    def _load_restorer(self, weights: str | None) -> nn.Module:
+    def _restorer_class(self) -> type:
         from ..adapters.base import get_restorer_class
 
-        section = self.config.restorer
-        cls = get_restorer_class(section.name)
+        name = self.config.restorer.name
+        cls = get_restorer_class(name)
         if not cls.capabilities.differentiable:
             raise ConfigError(
-                f"Restorer {section.name!r} is not differentiable (multi-step); IRIB trains through a one-step "
-                "restorer such as 'osediff' or 's3diff'. Use it with a trained projector at inference instead."
+                f"Restorer {name!r} is not differentiable (multi-step); IRIB trains through a one-step restorer "
+                "such as 'osediff' or 's3diff'. Use it with a trained projector at inference instead."
             )
-        base = section.base_model or (
-            self.config.base_model if cls.capabilities.base_model == SD21_BASE else cls.capabilities.base_model
-        )
-        revision = section.revision if section.base_model else self.config.base_revision
+        return cls
+
+    def _load_restorer(self, weights: str | None) -> nn.Module:
+        section, cls = self.config.restorer, self.restorer_class
+        if section.base_model is not None:
+            base, revision = section.base_model, section.revision
+        elif cls.capabilities.base_model == SD21_BASE:  # g runs on f's base (a local copy of it, say)
+            base, revision = self.config.base_model, self.config.base_revision
+        else:
+            base, revision = cls.capabilities.base_model, section.revision
         engine = self._private_engine(base, revision)
         return cls.from_pretrained(weights, engine=engine, device=self.device, dtype=self.weight_dtype,
                                    **section.options)

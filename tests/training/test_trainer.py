@@ -1,0 +1,132 @@
+"""The trainer on the tiny fixtures: what a step updates, overfitting, checkpoints, resume, the
+restorer baseline and the command line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from elqproj import Projector, load_restorer
+from elqproj.cli import main as cli_main
+from elqproj.errors import ConfigError
+from elqproj.training import IRIBTrainer
+from elqproj.training.checkpoints import REGULARIZER_WEIGHTS, RESTORER_WEIGHTS, read_trainer_state
+from tests.conftest import OSEDIFF_GOLDEN_PKL, TINY_SD21
+from tests.training.conftest import TINY_CONFIG, tiny_config
+
+
+@pytest.fixture(scope="module")
+def trainer(tmp_path_factory, train_images):
+    return IRIBTrainer(tiny_config(tmp_path_factory.mktemp("run"), train_images))
+
+
+@pytest.fixture(scope="module")
+def batch(trainer):
+    return next(iter(trainer.train_loader))
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _changed(before: dict[str, torch.Tensor], module: torch.nn.Module) -> set[str]:
+    after = module.state_dict()
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def test_a_step_updates_only_the_projector_and_the_regulariser_lora(trainer, batch):
+    trainer.evaluate(batch, torch.Generator().manual_seed(0))  # puts every engine's adapter set in place
+    f, g, prior = (_state(m) for m in (trainer.student.engine, trainer.restorer.engine, trainer.regularizer.unet))
+    trainer.training_step(batch)
+    assert _changed(f, trainer.student.engine) == (
+        {k for k in f if ".lora_" in k} | {"unet.conv_in.base_layer.weight", "unet.conv_in.base_layer.bias"})
+    assert _changed(g, trainer.restorer.engine) == set()
+    assert _changed(prior, trainer.regularizer.unet) == {k for k in prior if ".vsd_regularizer." in k}
+
+
+def test_overfitting_one_fixed_batch_lowers_the_total_loss(tmp_path, train_images):
+    # VSD's gradient is a score-distillation direction, not the gradient of its (tiny) value; at full
+    # weight it dominates f's update on random networks. A small weight keeps the term in the loop while
+    # the fidelity terms lead, so fitting the batch must lower the total.
+    trainer = IRIBTrainer(tiny_config(tmp_path, train_images, **{"loss.lambda_vsd": 0.01,
+                                                                  "optimizer.learning_rate": 1e-4}))
+    batch = next(iter(trainer.train_loader))
+    draws = 7  # the same random draws (prompt dropout, posterior noise, VSD noise) at every evaluation
+    before = trainer.evaluate(batch, torch.Generator().manual_seed(draws))["total"]
+    for _ in range(3):
+        trainer.training_step(batch, torch.Generator().manual_seed(draws))
+    after = trainer.evaluate(batch, torch.Generator().manual_seed(draws))["total"]
+    assert after < 0.97 * before
+
+
+def test_a_checkpoint_is_a_projector_directory_with_the_trained_weights(trainer, batch):
+    trainer.training_step(batch)
+    path = trainer.save_checkpoint()
+    assert path.name == f"checkpoint-{trainer.global_step}"
+    assert (path / REGULARIZER_WEIGHTS).is_file() and read_trainer_state(path)["global_step"] == trainer.global_step
+    loaded = Projector.from_pretrained(path, shared=False)
+    x = batch["elq"] * 2 - 1
+    embeds = loaded.encode_prompt(["a photo"])
+    noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = trainer.student(x, embeds, encoder_noise=noise).image
+        assert torch.allclose(loaded(x, embeds, encoder_noise=noise).image, expected, atol=1e-6)
+
+
+def test_resume_continues_the_step_count_and_the_optimizer_state(tmp_path, train_images):
+    first = IRIBTrainer(tiny_config(tmp_path, train_images, **{"training.max_steps": 1}))
+    assert first.train() == tmp_path / "checkpoint-1"
+    resumed = IRIBTrainer(tiny_config(tmp_path, train_images, **{"training.max_steps": 2}), resume="latest")
+    assert resumed.global_step == 1
+    for old, new in ((first.optimizer, resumed.optimizer), (first.regularizer_optimizer, resumed.regularizer_optimizer)):
+        old_state, new_state = old.state_dict()["state"], new.state_dict()["state"]
+        assert old_state.keys() == new_state.keys() and len(old_state) > 0
+        for index in old_state:
+            for key in ("step", "exp_avg", "exp_avg_sq"):
+                assert torch.equal(old_state[index][key], new_state[index][key])
+    assert resumed.lr_scheduler.state_dict()["last_epoch"] == first.lr_scheduler.state_dict()["last_epoch"]
+    for old, new in zip(first.student_parameters, resumed.student_parameters):
+        assert torch.equal(old, new)
+    assert resumed.train() == tmp_path / "checkpoint-2"
+    assert read_trainer_state(tmp_path / "checkpoint-2")["global_step"] == 2
+
+
+def test_the_baseline_fine_tunes_osediff_and_saves_an_osediff_checkpoint(tmp_path, train_images):
+    trainer = IRIBTrainer(tiny_config(tmp_path, train_images, mode="finetune_restorer",
+                                      **{"loss.lambda_lq": 0.0, "loss.lambda_blur": 0.0}))
+    assert trainer.restorer is None
+    batch = next(iter(trainer.train_loader))
+    trainer.training_step(batch)
+    path = trainer.save_checkpoint() / RESTORER_WEIGHTS
+    tuned = load_restorer("osediff", weights=path, base_model=TINY_SD21, device="cpu")
+    original = load_restorer("osediff", weights=OSEDIFF_GOLDEN_PKL, base_model=TINY_SD21, device="cpu")
+    x = batch["elq"] * 2 - 1
+    embeds = tuned.encode_prompt(["a photo"])
+    noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = trainer.student(x, embeds, encoder_noise=noise).image
+        assert torch.allclose(tuned(x, embeds, encoder_noise=noise).image, expected, atol=1e-6)
+        assert not torch.allclose(original(x, embeds, encoder_noise=noise).image, expected, atol=1e-4)
+
+
+def test_elqproj_train_runs_the_example_config_end_to_end(tmp_path, train_images, capsys):
+    overrides = {"output_dir": tmp_path, "base_model": TINY_SD21, "restorer.weights": OSEDIFF_GOLDEN_PKL,
+                 "data.train": train_images, "training.max_steps": 1}
+    argv = ["train", "--config", str(TINY_CONFIG)] + [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
+    assert cli_main(argv) == 0
+    final = tmp_path / "checkpoint-1"
+    assert capsys.readouterr().out.strip().endswith(str(final))
+    Projector.from_pretrained(final, shared=False)
+    assert list((tmp_path / "logs").rglob("events.out.tfevents.*")), "tensorboard wrote no event file"
+    assert (tmp_path / "validation" / "step-0000001.png").is_file()
+    assert (tmp_path / "training_config.yaml").is_file()
+
+
+def test_a_multistep_restorer_cannot_be_trained_through(tmp_path, train_images):
+    with pytest.raises(ConfigError, match="not differentiable"):
+        IRIBTrainer(tiny_config(tmp_path, train_images, **{"restorer.name": "seesr"}))
+
+
+def test_too_few_images_for_a_batch_is_a_config_error(tmp_path, train_images):
+    with pytest.raises(ConfigError, match="no full batch"):
+        IRIBTrainer(tiny_config(tmp_path, train_images, **{"data.batch_size": 3}))
