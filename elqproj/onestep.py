@@ -301,9 +301,11 @@ class OneStepSD(nn.Module):
                 self.activate(None)
             self._unmerge()
             removed = self._sets.pop(name)
-            for component in _COMPONENTS:
-                if removed.adapters[component]:
-                    getattr(self, component).delete_adapters(removed.adapters[component])
+            with warnings.catch_warnings():  # peft warns that a deleted adapter was active: intended here
+                warnings.filterwarnings("ignore", message=".*was active which is now deleted.*")
+                for component in _COMPONENTS:
+                    if removed.adapters[component]:
+                        getattr(self, component).delete_adapters(removed.adapters[component])
             previous, self._active = self._active, None
             self.activate(previous)
 
