@@ -313,7 +313,7 @@ class OneStepSD(nn.Module):
         """Replace base parameter ``param_name`` of ``component`` by ``value`` while ``set_name`` is active."""
         with self._lock:
             self._unmerge()
-            param = self._base_parameter(component, param_name)
+            param = self.base_parameter(component, param_name)
             if value.shape != param.shape:
                 raise CheckpointMismatchError(
                     f"Override {component}.{param_name} has shape {tuple(value.shape)}, but the base model's "
@@ -329,7 +329,10 @@ class OneStepSD(nn.Module):
                 active, self._active = self._active, None
                 self.activate(active)
 
-    def _base_parameter(self, component: str, name: str) -> nn.Parameter:
+    def base_parameter(self, component: str, name: str) -> nn.Parameter:
+        """The live base parameter ``name`` of ``component`` ("unet"/"vae"), named as in the unwrapped model
+        (``conv_in.weight`` even where peft moved it to ``conv_in.base_layer.weight``). Its value is the
+        active set's override, if any."""
         model = getattr(self, component)
         try:
             return model.get_parameter(name)
@@ -347,7 +350,7 @@ class OneStepSD(nn.Module):
             if key in self._pristine:
                 return self._pristine[key].clone()
             self._unmerge()
-            return self._base_parameter(component, param_name).detach().clone()
+            return self.base_parameter(component, param_name).detach().clone()
 
     def override_parameter_names(self, set_name: str) -> list[tuple[str, str]]:
         return list(self._sets[set_name].overrides)
@@ -364,7 +367,7 @@ class OneStepSD(nn.Module):
             with torch.no_grad():  # a no_grad copy bumps the version counter: a stale autograd graph errors loudly
                 for key, pristine in self._pristine.items():
                     value = chosen.overrides.get(key, pristine) if chosen else pristine
-                    self._base_parameter(*key).copy_(value)
+                    self.base_parameter(*key).copy_(value)
             for component in _COMPONENTS:
                 model = getattr(self, component)
                 if not getattr(model, "_hf_peft_config_loaded", False):

@@ -198,7 +198,7 @@ class Projector(torch.nn.Module):
         for name in self.config.full_weights:
             component, param = name.split(".", 1)
             if live:  # trained in place (training owns its engine): read the parameter itself
-                out[name] = self.engine._base_parameter(component, param).detach()
+                out[name] = self.engine.base_parameter(component, param).detach()
             else:
                 out[name] = self.engine._sets[self.adapter_set].overrides[(component, param)]
         return {k: v.detach().to("cpu").contiguous() for k, v in out.items()}

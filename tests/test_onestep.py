@@ -50,9 +50,9 @@ def test_conv_in_override_follows_the_active_set(shared):
     projector, osediff = shared
     engine = projector.engine
     with engine.using(osediff.adapter_set):
-        conv_g = engine._base_parameter("unet", "conv_in.weight").clone()
+        conv_g = engine.base_parameter("unet", "conv_in.weight").clone()
     with engine.using(projector.adapter_set):
-        conv_f = engine._base_parameter("unet", "conv_in.weight").clone()
+        conv_f = engine.base_parameter("unet", "conv_in.weight").clone()
     assert not torch.equal(conv_f, conv_g)
 
 
@@ -155,9 +155,9 @@ def test_a_new_projector_starts_from_the_base_conv_in_whatever_set_is_active(sha
     engine.activate(osediff.adapter_set)
     fresh = Projector.from_engine(engine)
     with engine.using(fresh.adapter_set):
-        conv_fresh = engine._base_parameter("unet", "conv_in.weight").clone()
+        conv_fresh = engine.base_parameter("unet", "conv_in.weight").clone()
     with engine.using(None):
-        conv_base = engine._base_parameter("unet", "conv_in.weight").clone()
+        conv_base = engine.base_parameter("unet", "conv_in.weight").clone()
     torch.testing.assert_close(conv_fresh, conv_base, rtol=0, atol=0)
 
 

@@ -126,7 +126,7 @@ def save_osediff_checkpoint(restorer: Any, path: str | Path) -> Path:
     with engine.using(set_name):  # the live parameters hold the set's values (trained in place or not)
         for component, name in engine.override_parameter_names(set_name):
             module, _, leaf = name.rpartition(".")
-            value = engine._base_parameter(component, name).detach().clone()
+            value = engine.base_parameter(component, name).detach().clone()
             tensors[f"state_dict_{component}.{module}.base_layer.{leaf}"] = value
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -232,7 +232,7 @@ class IRIBTrainer:
         engine.activate(student.adapter_set)
         params = engine.adapter_parameters(student.adapter_set)
         # Sorted: the optimiser state is matched to parameters by position when a run resumes.
-        params += [engine._base_parameter(c, n) for c, n in sorted(engine.override_parameter_names(student.adapter_set))]
+        params += [engine.base_parameter(c, n) for c, n in sorted(engine.override_parameter_names(student.adapter_set))]
         for param in params:
             param.requires_grad_(True)
         return params
