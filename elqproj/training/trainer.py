@@ -221,6 +221,9 @@ class IRIBTrainer:
                                             dtype=self.weight_dtype, shared=False)
         projector.engine.tiling = _WHOLE
         restorer = self._load_restorer(cfg.restorer.weights)
+        # peft marks an adapter trainable whenever it is activated: activate g's set once (its private
+        # engine never switches) and freeze afterwards, or every step would compute g's LoRA gradients.
+        restorer.engine.activate(restorer.adapter_set)
         restorer.requires_grad_(False)
         return projector, restorer
 

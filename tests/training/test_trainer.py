@@ -41,6 +41,7 @@ def test_a_step_updates_only_the_projector_and_the_regulariser_lora(trainer, bat
     assert _changed(f, trainer.student.engine) == (
         {k for k in f if ".lora_" in k} | {"unet.conv_in.base_layer.weight", "unet.conv_in.base_layer.bias"})
     assert _changed(g, trainer.restorer.engine) == set()
+    assert not any(p.requires_grad or p.grad is not None for p in trainer.restorer.parameters())
     assert _changed(prior, trainer.regularizer.unet) == {k for k in prior if ".vsd_regularizer." in k}
 
 
