@@ -64,7 +64,8 @@ def run_restorer(restorer: nn.Module, lq: torch.Tensor, prompt_embeds: torch.Ten
 
 @dataclass
 class _Forward:
-    """Everything one forward pass produced that the backward passes need."""
+    """One forward pass: the weighted total, its unweighted terms, g's output (its latent feeds the
+    regulariser), the prompt embeddings, and f's output x̂ (IRIB mode) for inspection."""
 
     terms: dict[str, torch.Tensor]
     total: torch.Tensor
@@ -144,8 +145,9 @@ class IRIBTrainer:
             cast_training_params([self.student, self.regularizer], dtype=torch.float32)
         self.set_gradient_checkpointing(run.gradient_checkpointing)
         loss = config.loss
-        self.lpips = load_lpips(loss.lpips_net, backbone=loss.lpips_backbone, device=self.device) \
-            if loss.lambda_lpips else None
+        self.lpips = None
+        if loss.lambda_lpips:
+            self.lpips = load_lpips(loss.lpips_net, backbone=loss.lpips_backbone, device=self.device)
         self.prompt_extractor = build_prompt_extractor(config.prompts, device=self.device, dtype=self.weight_dtype)
         self.lq_pipeline = DegradationPipeline(degradation_config(config.data.lq_degradation))
         self.negative_embeds = self.student.encode_prompt([config.prompts.negative_prompt])
@@ -161,7 +163,9 @@ class IRIBTrainer:
             self.student, self.regularizer, optimizer, regularizer_optimizer, loader, scheduler, regularizer_scheduler)
         self.accelerator.register_save_state_pre_hook(self._save_weights_hook)
         self.accelerator.register_load_state_pre_hook(self._load_weights_hook)
-        self.validation_batch = build_validation_batch(config) if self.accelerator.is_main_process else None
+        self.validation_batch = None
+        if self.accelerator.is_main_process:  # a loaded Hugging Face dataset is reused, not loaded again
+            self.validation_batch = build_validation_batch(config, rows=getattr(self.dataset, "rows", None))
 
         if self.resume_dir is not None:
             self.accelerator.load_state(str(self.resume_dir))
