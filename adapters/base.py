@@ -105,6 +105,27 @@ class Restorer(torch.nn.Module, abc.ABC):
                 **kwargs: Any) -> Any:
         """Restore ``image``; see the subclass for its options."""
 
+    def training_forward(self, lq: torch.Tensor, prompt_embeds: torch.Tensor, *,
+                         generator: torch.Generator | None = None) -> Any:
+        """Differentiable one-step pass for IRIB training, where the restorer is the frozen g (gradients
+        flow through it to its input) or, in the baseline, the network being fine-tuned.
+
+        Args:
+            lq: (B, 3, H, W) in [-1, 1], already at the output resolution (H, W multiples of 8).
+            prompt_embeds: (B, L, D) text embeddings from the restorer's ``encode_prompt(list[str])``.
+            generator: draws every random number of the pass (e.g. VAE posterior samples).
+
+        Returns:
+            :class:`elqproj.onestep.OneStepOutput`: ``.image`` (B, 3, H, W) in [-1, 1] and ``.x0``, the
+            predicted clean latent the VSD regulariser scores.
+
+        Restorers whose capabilities say ``differentiable=True`` implement this and ``encode_prompt``.
+        """
+        raise ConfigError(
+            f"The {self.name} restorer has no differentiable one-step forward, so it cannot serve as g in "
+            "IRIB training; use a one-step restorer such as 'osediff' or 's3diff'."
+        )
+
     def accepts(self, option: str) -> bool:
         """Whether :meth:`restore` takes keyword ``option`` (callers pass optional settings only where
         a restorer has them, e.g. ``process_size``)."""

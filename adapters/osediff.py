@@ -10,6 +10,7 @@ reproduces the official ``test_osediff.py`` for PIL input: optional pre-enlargem
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,44 @@ class OSEDiffRestorer(Restorer):
             engine.merge()
         return restorer
 
+    def save_weights(self, path: str | Path) -> Path:
+        """Write the weights as one safetensors file in the official ``osediff.pkl`` layout.
+
+        Keys ``state_dict_unet.<module>.lora_{A,B}.default_{encoder,decoder,others}.weight``,
+        ``state_dict_vae.<module>.lora_{A,B}.default_encoder.weight`` and the fully trained
+        ``state_dict_unet.conv_in.base_layer.{weight,bias}``; the module lists and ranks are JSON strings
+        in the metadata. ``load_restorer("osediff", weights=path)`` reads it back. Saves the parameters as
+        they are now (e.g. fine-tuned in place on a private engine).
+        """
+        from safetensors.torch import save_file
+
+        engine, set_name = self.engine, self.adapter_set
+        groups = {"unet": list(_UNET_LISTS.items()), "vae": [(_VAE_ADAPTER, "vae_lora_encoder_modules")]}
+        tensors: dict[str, torch.Tensor] = {}
+        metadata: dict[str, str] = {"format": "pt"}
+        for component, adapters in groups.items():
+            model = getattr(engine, component)
+            renames = {}
+            for official, list_key in adapters:
+                full = engine.adapter_name(set_name, official)
+                peft_config = model.peft_config[full]
+                metadata[list_key] = json.dumps(sorted(peft_config.target_modules))
+                metadata[f"rank_{component}"] = json.dumps(int(peft_config.r))
+                renames[f".{full}."] = f".{official}."
+            for key, value in engine.adapter_state(set_name, component).items():
+                for full, official in renames.items():
+                    key = key.replace(full, official)
+                tensors[f"state_dict_{component}.{key}"] = value
+        with engine.using(set_name):  # the live parameters hold the set's overrides only while it is active
+            for component, name in engine.override_parameter_names(set_name):
+                module, _, leaf = name.rpartition(".")
+                tensors[f"state_dict_{component}.{module}.base_layer.{leaf}"] = engine.base_parameter(component, name)
+            tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(path), metadata=metadata)
+        return path
+
     # ---------------------------------------------------------------- inference
     def encode_prompt(self, prompts: Sequence[str], *, long_prompt: str = "truncate") -> torch.Tensor:
         """(B, 77, D) text embeddings of the base text encoder (cached per string)."""
@@ -176,6 +215,11 @@ class OSEDiffRestorer(Restorer):
         """
         with self.engine.using(self.adapter_set):
             return self.engine(lq, prompt_embeds, timestep=_TIMESTEP, **kwargs)
+
+    def training_forward(self, lq: torch.Tensor, prompt_embeds: torch.Tensor, *,
+                         generator: torch.Generator | None = None) -> OneStepOutput:
+        """See :meth:`Restorer.training_forward`: :meth:`forward` with a sampled VAE posterior."""
+        return self(lq, prompt_embeds, generator=generator)
 
     @torch.no_grad()
     def restore(

@@ -73,6 +73,9 @@ class RandomOneStepRestorer(Restorer):
     def forward(self, lq: torch.Tensor, prompt_embeds: torch.Tensor, **kwargs: Any):
         return self.projector(lq, prompt_embeds, **kwargs)
 
+    def training_forward(self, lq: torch.Tensor, prompt_embeds: torch.Tensor, *, generator: Any = None):
+        return self(lq, prompt_embeds, generator=generator)
+
     def restore(self, image: Any, *, prompt: Any = None, seed: int | None = None, **kwargs: Any) -> Any:
         return self.projector.project(image, prompt=prompt, seed=seed)
 

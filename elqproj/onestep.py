@@ -85,12 +85,15 @@ class AdapterSet:
         mergeable: whether :meth:`OneStepSD.merge` may fold the set's LoRA into the base weights. False
             for adapters whose forward is more than ``B(A(x))·scaling`` (e.g. S3Diff's per-sample
             modulation between A and B, which a merged weight cannot represent).
+        trainable: whether the set's LoRA and overridden parameters require gradients while it is
+            active (see :meth:`OneStepSD.set_trainable`); frozen by default.
     """
 
     name: str
     adapters: dict[str, list[str]] = field(default_factory=lambda: {c: [] for c in _COMPONENTS})
     overrides: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
     mergeable: bool = True
+    trainable: bool = False
 
 
 @dataclass
@@ -285,11 +288,9 @@ class OneStepSD(nn.Module):
             self._sets[name] = adapter_set
             # peft leaves new adapters trainable and active (diffusers' add_adapter calls set_adapter):
             # re-apply the active set's state unconditionally, also when no set is active (then the
-            # new adapters must be disabled; a plain activate(None) would be a no-op here).
+            # new adapters must be disabled and frozen; a plain activate(None) would be a no-op here).
             previous, self._active = self._active, _STALE
             self.activate(previous)
-            for model in (self.unet, self.vae):
-                model.requires_grad_(False)
             return adapter_set
 
     def remove_adapter_set(self, name: str) -> None:
@@ -355,6 +356,35 @@ class OneStepSD(nn.Module):
     def override_parameter_names(self, set_name: str) -> list[tuple[str, str]]:
         return list(self._sets[set_name].overrides)
 
+    def set_trainable(self, name: str, trainable: bool = True) -> None:
+        """Let set ``name``'s LoRA and overridden base parameters require gradients while it is active.
+
+        The flag is kept per set and re-applied at every activation (peft's ``set_adapter`` would
+        otherwise mark whatever it activates trainable); every other parameter stays frozen. Training
+        needs a private engine (``shared=False``): overridden parameters are trained in place.
+        """
+        with self._lock:
+            if name not in self._sets:
+                raise ConfigError(f"No adapter set {name!r} on this engine (have: {list(self._sets)}).")
+            self._sets[name].trainable = trainable
+            if self._active == name:
+                self._apply_trainable(self._sets[name])
+
+    def trainable_parameters(self, name: str) -> list[nn.Parameter]:
+        """The tensors training set ``name`` updates: its LoRA parameters, then the live base parameters
+        it overrides (sorted by name: optimiser state is matched to parameters by position on resume).
+        The overridden ones hold the set's values only while it is active."""
+        return self.adapter_parameters(name) + [
+            self.base_parameter(component, param_name)
+            for component, param_name in sorted(self.override_parameter_names(name))]
+
+    def _apply_trainable(self, chosen: AdapterSet | None) -> None:
+        for model in (self.unet, self.vae):
+            model.requires_grad_(False)
+        if chosen is not None and chosen.trainable:
+            for param in self.trainable_parameters(chosen.name):
+                param.requires_grad_(True)
+
     def activate(self, name: str | None) -> None:
         """Make set ``name`` (or no set, ``None``) the one the next forward passes use."""
         with self._lock:
@@ -378,6 +408,7 @@ class OneStepSD(nn.Module):
                     model.set_adapter(names)
                 else:
                     model.disable_adapters()
+            self._apply_trainable(chosen)
             self._active = name
 
     @property

@@ -25,7 +25,7 @@ class UnsharpRestorer(Restorer):
     name = "unsharp"
     capabilities = RestorerCapabilities(
         scale=1, steps=1, supports_fp16=True, supports_bf16=True, needs_prompt=False,
-        uses_image_features=False, differentiable=True, code_licence="MIT", weights_licence="none",
+        uses_image_features=False, differentiable=False, code_licence="MIT", weights_licence="none",
         base_model="", default_weights=None, paper="",
     )
 

@@ -174,3 +174,40 @@ def test_a_checkpoint_that_fails_to_load_leaves_no_adapter_set(shared, tmp_path)
     assert engine.adapter_sets() == before
     owners = {name.split("__")[0] for name in [*engine.unet.peft_config, *engine.vae.peft_config]}
     assert owners <= set(before)  # no LoRA of the failed load is left on the shared base
+
+
+def test_a_trainable_set_keeps_its_gradients_across_switches_and_no_other_set_gets_any():
+    engine = OneStepSD.from_pretrained(TINY_SD21, device="cpu", shared=False)
+    student = Projector.from_engine(engine)
+    frozen = load_restorer("osediff", weights=OSEDIFF_GOLDEN_PKL, engine=engine)
+    engine.set_trainable(student.adapter_set)
+    trained = {id(p) for p in engine.trainable_parameters(student.adapter_set)}
+    conv_in = engine.base_parameter("unet", "conv_in.weight")
+    assert id(conv_in) in trained and len(trained) > 1
+
+    def requiring_grad() -> set[int]:
+        return {id(p) for p in engine.parameters() if p.requires_grad}
+
+    for name in (student.adapter_set, frozen.adapter_set, None, student.adapter_set):
+        engine.activate(name)  # peft's set_adapter alone would make whatever it activates trainable
+        assert requiring_grad() == (trained if name == student.adapter_set else set()), name
+    engine.set_trainable(student.adapter_set, False)
+    assert requiring_grad() == set()
+
+
+def test_osediff_weights_saved_after_training_in_place_load_back_identically(tmp_path):
+    engine = OneStepSD.from_pretrained(TINY_SD21, device="cpu", shared=False)
+    osediff = load_restorer("osediff", weights=OSEDIFF_GOLDEN_PKL, engine=engine)
+    engine.set_trainable(osediff.adapter_set)
+    engine.activate(osediff.adapter_set)
+    with torch.no_grad():  # stands in for optimiser steps on the LoRA and on the fully trained conv_in
+        for param in engine.trainable_parameters(osediff.adapter_set):
+            param.add_(0.01)
+    path = osediff.save_weights(tmp_path / "osediff.safetensors")
+    reloaded = load_restorer("osediff", weights=path,
+                             engine=OneStepSD.from_pretrained(TINY_SD21, device="cpu", shared=False))
+    x, noise = _x(), torch.randn(1, 4, 8, 9, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        embeds = osediff.encode_prompt(["dog"])
+        torch.testing.assert_close(reloaded(x, embeds, encoder_noise=noise).image,
+                                   osediff(x, embeds, encoder_noise=noise).image, rtol=0, atol=0)

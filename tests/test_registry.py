@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 import elqproj.adapters.base as base
 from elqproj import InvalidInputError, Restorer, RestorerCapabilities, UnknownNameError, list_restorers, load_restorer
@@ -28,7 +29,7 @@ class _Identity(Restorer):
     name = "identity"
     capabilities = RestorerCapabilities(
         scale=1, steps=0, supports_fp16=True, supports_bf16=True, needs_prompt=False, uses_image_features=False,
-        differentiable=True, code_licence="MIT", weights_licence="none", base_model="", default_weights=None,
+        differentiable=False, code_licence="MIT", weights_licence="none", base_model="", default_weights=None,
         paper="",
     )
 
@@ -81,3 +82,8 @@ def test_broken_registration_is_a_clear_error(clean_registry):
     base.register_restorer("broken", "no_such_module_xyz:Thing")
     with pytest.raises(UnknownNameError, match="cannot be imported"):
         load_restorer("broken")
+
+
+def test_a_restorer_without_a_training_forward_says_it_cannot_be_trained_through():
+    with pytest.raises(ConfigError, match="no differentiable one-step forward"):
+        _Identity().training_forward(torch.zeros(1, 3, 8, 8), torch.zeros(1, 77, 8))

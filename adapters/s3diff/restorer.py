@@ -277,6 +277,13 @@ class S3DiffRestorer(Restorer):
             return self.engine(lq, prompt_embeds, timestep=_TIMESTEP, negative_embeds=negative_embeds,
                                guidance_scale=guidance_scale, tiling=tiling or self.tiling, **kwargs)
 
+    def training_forward(self, lq: torch.Tensor, prompt_embeds: torch.Tensor, *,
+                         generator: torch.Generator | None = None) -> OneStepOutput:
+        """See :meth:`Restorer.training_forward`: :meth:`forward` without guidance (S3Diff's training
+        forward), its degradation scores estimated from ``lq`` itself — in IRIB the LQ proxy already
+        sits at the output resolution, so there is no separate un-upscaled input to score."""
+        return self(lq, self.estimate_degradation(lq * 0.5 + 0.5), prompt_embeds, generator=generator)
+
     @torch.no_grad()
     def restore(
         self,

@@ -4,7 +4,8 @@ A checkpoint ``<output_dir>/checkpoint-<step>/`` holds
 
 * the trained network: a Projector directory (config.json, projector.safetensors, README.md; load it
   with ``Projector.from_pretrained``) — or, for the restorer baseline, ``osediff.safetensors`` in
-  OSEDiff's official checkpoint layout (load it with ``load_restorer("osediff", weights=...)``);
+  OSEDiff's official checkpoint layout (``OSEDiffRestorer.save_weights``; load it with
+  ``load_restorer("osediff", weights=...)``);
 * ``regularizer.safetensors``: the VSD regulariser's LoRA;
 * accelerate's state: optimizers, learning-rate schedulers, gradient scaler, RNG and sampler states;
 * ``training_config.yaml`` and, written last, ``trainer_state.json`` (``global_step``): a directory
@@ -19,9 +20,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import save_file
-
 from .. import __version__
 from ..errors import ConfigError
 
@@ -35,7 +33,6 @@ __all__ = [
     "prune_checkpoints",
     "write_trainer_state",
     "read_trainer_state",
-    "save_osediff_checkpoint",
 ]
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -91,44 +88,3 @@ def write_trainer_state(directory: str | Path, state: dict[str, Any]) -> None:
 
 def read_trainer_state(directory: str | Path) -> dict[str, Any]:
     return json.loads((Path(directory) / TRAINER_STATE).read_text())
-
-
-def save_osediff_checkpoint(restorer: Any, path: str | Path) -> Path:
-    """Write an OSEDiff restorer's weights as ``osediff.safetensors`` in the official checkpoint layout.
-
-    Keys ``state_dict_unet.<module>.lora_{A,B}.default_{encoder,decoder,others}.weight``,
-    ``state_dict_vae.<module>.lora_{A,B}.default_encoder.weight`` and the fully trained
-    ``state_dict_unet.conv_in.base_layer.{weight,bias}``; the module lists and ranks are JSON in the
-    metadata. ``load_restorer("osediff", weights=path)`` reads it back. Activates the restorer's adapter
-    set, so parameters trained in place on a private engine are saved as they are now.
-    """
-    # The official adapter names and list keys, as the OSEDiff adapter reads them.
-    from ..adapters.osediff import _UNET_LISTS, _VAE_ADAPTER
-
-    engine, set_name = restorer.engine, restorer.adapter_set
-    groups = {"unet": [(official, key) for official, key in _UNET_LISTS.items()],
-              "vae": [(_VAE_ADAPTER, "vae_lora_encoder_modules")]}
-    tensors: dict[str, torch.Tensor] = {}
-    metadata: dict[str, str] = {"format": "pt"}
-    for component, adapters in groups.items():
-        model = getattr(engine, component)
-        renames = {}
-        for official, list_key in adapters:
-            full = engine.adapter_name(set_name, official)
-            peft_config = model.peft_config[full]
-            metadata[list_key] = json.dumps(sorted(peft_config.target_modules))
-            metadata[f"rank_{component}"] = json.dumps(int(peft_config.r))
-            renames[f".{full}."] = f".{official}."
-        for key, value in engine.adapter_state(set_name, component).items():
-            for full, official in renames.items():
-                key = key.replace(full, official)
-            tensors[f"state_dict_{component}.{key}"] = value
-    with engine.using(set_name):  # the live parameters hold the set's values (trained in place or not)
-        for component, name in engine.override_parameter_names(set_name):
-            module, _, leaf = name.rpartition(".")
-            value = engine.base_parameter(component, name).detach().clone()
-            tensors[f"state_dict_{component}.{module}.base_layer.{leaf}"] = value
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
-    return path

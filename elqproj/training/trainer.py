@@ -42,24 +42,12 @@ from .perceptual import load_lpips
 from .prompting import build_prompt_extractor, drop_prompts
 from .regularizer import VSDRegularizer
 
-__all__ = ["IRIBTrainer", "train", "run_restorer"]
+__all__ = ["IRIBTrainer", "train"]
 
 logger = logging.getLogger(__name__)
 
 _WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _WHOLE = TilingConfig(mode="never")  # training crops are processed whole: tiling would only change the numbers
-
-
-def run_restorer(restorer: nn.Module, lq: torch.Tensor, prompt_embeds: torch.Tensor, **kwargs: Any) -> OneStepOutput:
-    """Differentiable one-step pass of g on ``lq`` (B, 3, H, W) in [-1, 1] -> :class:`OneStepOutput`.
-
-    Restorers conditioned on an estimated degradation (S3Diff) get it from ``lq`` itself, which sits at
-    its own resolution here (IRIB's LQ images are resized back to the HQ size).
-    """
-    estimate = getattr(restorer, "estimate_degradation", None)
-    if estimate is not None:
-        return restorer(lq, estimate(lq * 0.5 + 0.5), prompt_embeds, **kwargs)
-    return restorer(lq, prompt_embeds, **kwargs)
 
 
 @dataclass
@@ -186,14 +174,15 @@ class IRIBTrainer:
                                          shared=False, tiling=_WHOLE)
 
     def _restorer_class(self) -> type:
-        from ..adapters.base import get_restorer_class
+        from ..adapters.base import Restorer, get_restorer_class
 
         name = self.config.restorer.name
         cls = get_restorer_class(name)
-        if not cls.capabilities.differentiable:
+        if not cls.capabilities.differentiable or cls.training_forward is Restorer.training_forward:
             raise ConfigError(
-                f"Restorer {name!r} is not differentiable (multi-step); IRIB trains through a one-step restorer "
-                "such as 'osediff' or 's3diff'. Use it with a trained projector at inference instead."
+                f"Restorer {name!r} has no differentiable one-step forward (Restorer.training_forward); IRIB "
+                "trains through a one-step restorer such as 'osediff' or 's3diff'. Use it with a trained "
+                "projector at inference instead."
             )
         return cls
 
@@ -225,10 +214,7 @@ class IRIBTrainer:
                                             dtype=self.weight_dtype, shared=False)
         projector.engine.tiling = _WHOLE
         restorer = self._load_restorer(cfg.restorer.weights)
-        # peft marks an adapter trainable whenever it is activated: activate g's set once (its private
-        # engine never switches) and freeze afterwards, or every step would compute g's LoRA gradients.
-        restorer.engine.activate(restorer.adapter_set)
-        restorer.requires_grad_(False)
+        restorer.requires_grad_(False)  # g's own modules (e.g. S3Diff's degradation estimator); its engine's sets are frozen
         return projector, restorer
 
     @staticmethod
@@ -236,13 +222,9 @@ class IRIBTrainer:
         """The student's LoRA and its fully trained base parameters (trained in place: the student owns
         its engine and its adapter set stays active)."""
         engine: OneStepSD = student.engine
+        engine.set_trainable(student.adapter_set)
         engine.activate(student.adapter_set)
-        params = engine.adapter_parameters(student.adapter_set)
-        # Sorted: the optimiser state is matched to parameters by position when a run resumes.
-        params += [engine.base_parameter(c, n) for c, n in sorted(engine.override_parameter_names(student.adapter_set))]
-        for param in params:
-            param.requires_grad_(True)
-        return params
+        return engine.trainable_parameters(student.adapter_set)
 
     def _build_regularizer(self) -> VSDRegularizer:
         cfg = self.config
@@ -334,8 +316,8 @@ class IRIBTrainer:
                 restored = self.student_model(elq, embeds, generator=generator)
             else:
                 projected = self.student_model(elq, embeds, generator=generator)
-                restored = run_restorer(self.restorer, projected.image, self.restorer.encode_prompt(prompts),
-                                        generator=generator)
+                restored = self.restorer.training_forward(projected.image, self.restorer.encode_prompt(prompts),
+                                                          generator=generator)
             total = restored.image.new_zeros((), dtype=torch.float32)
             if cfg.lambda_lq:
                 terms["lq_recon"] = losses.lq_reconstruction_loss(
@@ -452,7 +434,7 @@ class IRIBTrainer:
             return
         directory = Path(output_dir)
         if self.restorer is None:
-            checkpoints.save_osediff_checkpoint(self.student, directory / checkpoints.RESTORER_WEIGHTS)
+            self.student.save_weights(directory / checkpoints.RESTORER_WEIGHTS)
         else:
             self.student.save_pretrained(directory)
         from safetensors.torch import save_file
@@ -500,8 +482,8 @@ class IRIBTrainer:
                 if self.restorer is None:
                     restored, middle = first, []
                 else:
-                    restored = run_restorer(self.restorer, first, self.restorer.encode_prompt(prompts),
-                                            generator=generator).image
+                    restored = self.restorer.training_forward(first, self.restorer.encode_prompt(prompts),
+                                                              generator=generator).image
                     middle = [first]
             restored01 = (restored.float().cpu() * 0.5 + 0.5).clamp(0, 1)
             mse = torch.mean((restored01 - item["hq"]) ** 2).item()

@@ -11,7 +11,7 @@ from elqproj.cli import main as cli_main
 from elqproj.errors import ConfigError
 from elqproj.training import IRIBTrainer
 from elqproj.training.checkpoints import REGULARIZER_WEIGHTS, RESTORER_WEIGHTS, read_trainer_state
-from tests.conftest import OSEDIFF_GOLDEN_PKL, TINY_SD21
+from tests.conftest import OSEDIFF_GOLDEN_PKL, TINY_SD21, golden_set
 from tests.training.conftest import TINY_CONFIG, tiny_config
 
 
@@ -43,6 +43,21 @@ def test_a_step_updates_only_the_projector_and_the_regulariser_lora(trainer, bat
     assert _changed(g, trainer.restorer.engine) == set()
     assert not any(p.requires_grad or p.grad is not None for p in trainer.restorer.parameters())
     assert _changed(prior, trainer.regularizer.unet) == {k for k in prior if ".vsd_regularizer." in k}
+
+
+def test_s3diff_as_g_passes_gradients_to_the_projector_only(tmp_path, train_images):
+    s3diff = golden_set("s3diff")
+    trainer = IRIBTrainer(tiny_config(tmp_path, train_images, **{
+        "restorer.name": "s3diff", "restorer.weights": str(s3diff / "s3diff.pkl"),
+        "restorer.base_model": str(TINY_SD21), "restorer.options": {"de_net": str(s3diff / "de_net.pth")}}))
+    batch = next(iter(trainer.train_loader))
+    trainer.evaluate(batch, torch.Generator().manual_seed(0))
+    f, g = _state(trainer.student.engine), _state(trainer.restorer)
+    trainer.training_step(batch)
+    assert _changed(f, trainer.student.engine) == (
+        {k for k in f if ".lora_" in k} | {"unet.conv_in.base_layer.weight", "unet.conv_in.base_layer.bias"})
+    assert _changed(g, trainer.restorer) == set()  # its engine, modulator and degradation estimator
+    assert not any(p.requires_grad or p.grad is not None for p in trainer.restorer.parameters())
 
 
 def test_overfitting_one_fixed_batch_lowers_the_total_loss(tmp_path, train_images):
@@ -124,7 +139,7 @@ def test_elqproj_train_runs_the_example_config_end_to_end(tmp_path, train_images
 
 
 def test_a_multistep_restorer_cannot_be_trained_through(tmp_path, train_images):
-    with pytest.raises(ConfigError, match="not differentiable"):
+    with pytest.raises(ConfigError, match="no differentiable one-step forward"):
         IRIBTrainer(tiny_config(tmp_path, train_images, **{"restorer.name": "seesr"}))
 
 
