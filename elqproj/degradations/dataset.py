@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterable
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -28,9 +29,39 @@ from .config import DegradationConfig
 from .pipeline import DegradationPipeline
 from .sampling import RandomDraws, derive_seed
 
-__all__ = ["DegradationTripletDataset"]
+__all__ = ["DegradationTripletDataset", "hq_image_tensor"]
 
-ImageItem = str | os.PathLike | Image.Image | torch.Tensor
+ImageItem = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
+
+
+def hq_image_tensor(source: ImageItem, *, max_pixels: int | None = None, name: str = "image") -> torch.Tensor:
+    """One HQ image as a float32 ``(1, 3, H, W)`` CPU tensor in [0, 1].
+
+    Args:
+        source: an image file path, a PIL image (any mode: 16-bit precision is kept, an alpha channel
+            dropped, the EXIF orientation applied), a numpy array ``(H, W, C)`` (uint8, uint16 or float
+            in [0, 1]), or a float tensor ``(3, H, W)`` / ``(1, 3, H, W)`` in [0, 1].
+        max_pixels: decompression-bomb limit (see :mod:`elqproj.imageio`).
+        name: what ``source`` is, for error messages (e.g. ``"images[3]"``).
+
+    Raises:
+        InvalidInputError: (or a subclass) the source is of another type, holds several images, or
+            is not a valid image.
+    """
+    if not isinstance(source, (str, os.PathLike, Image.Image, np.ndarray, torch.Tensor)):
+        raise InvalidInputError(
+            f"{name} is a {type(source).__name__}; expected an image path, a PIL image, a numpy array "
+            "or a (3, H, W) tensor in [0, 1]"
+        )
+    if isinstance(source, torch.Tensor):
+        source = source.detach().cpu()
+    try:
+        image, _ = imageio.to_tensor(source, max_pixels=max_pixels)
+    except InvalidInputError as err:
+        raise type(err)(f"{name}: {err}") from None
+    if image.shape[0] != 1:
+        raise InvalidInputError(f"{name} holds {image.shape[0]} images; expected one (3, H, W) image")
+    return image
 
 
 def _list_images(images: str | os.PathLike | Iterable[ImageItem]) -> list[ImageItem]:
@@ -52,8 +83,10 @@ class DegradationTripletDataset(torch.utils.data.Dataset):
     """HQ crops with an ordinary-LQ and an extreme-LQ degradation of each.
 
     Args:
-        images: a folder, a glob or a file path, or any iterable of image paths, PIL images or
-            float tensors ``(3, H, W)`` / ``(1, 3, H, W)`` in [0, 1] (materialised into a list).
+        images: a folder, a glob or a file path, or any iterable of image paths, PIL images, numpy
+            arrays or float tensors ``(3, H, W)`` / ``(1, 3, H, W)`` in [0, 1] (materialised into a
+            list; see :func:`hq_image_tensor`). A subclass that overrides :meth:`load_hq` passes
+            whatever it indexes its own storage by.
         crop_size: side S of the square crops, in pixels.
         crop: ``"random"`` (training: a random S×S crop; images with a side below S are first
             resized up) or ``"center"`` (evaluation, the paper's protocol: resize the shorter side
@@ -115,19 +148,15 @@ class DegradationTripletDataset(torch.utils.data.Dataset):
         """Draw new crops and degradations for every item (call before each epoch's iterator)."""
         self.epoch = epoch
 
-    def _load(self, index: int) -> torch.Tensor:
-        item = self.images[index]
-        if isinstance(item, torch.Tensor):
-            image = item[None] if item.ndim == 3 else item
-            return imageio.check_image_tensor(image.detach().float().cpu(), name=f"images[{index}]")
-        if not isinstance(item, (str, os.PathLike, Image.Image)):
-            raise InvalidInputError(
-                f"images[{index}] is a {type(item).__name__}; expected a path, a PIL image or a (3, H, W) tensor"
-            )
-        if isinstance(item, (str, os.PathLike)):
-            item = imageio.load_image(item, max_pixels=self.max_pixels)
-        image, _ = imageio.to_tensor(item, max_pixels=self.max_pixels)
-        return image
+    def load_hq(self, index: int) -> torch.Tensor:
+        """The full HQ image of item ``index``: float32 ``(1, 3, H, W)`` in [0, 1], before cropping.
+
+        The hook for other sources: a subclass overrides it to read its own storage lazily (a
+        database, a Hugging Face dataset, …); the constructor's ``images`` then holds whatever the
+        subclass indexes by (row ids, keys), and :func:`hq_image_tensor` turns what it reads into
+        this tensor. Cropping, flips and both degradations stay with this class.
+        """
+        return hq_image_tensor(self.images[index], max_pixels=self.max_pixels, name=f"images[{index}]")
 
     def _crop(self, image: torch.Tensor, draws: RandomDraws) -> torch.Tensor:
         size = self.crop_size
@@ -146,7 +175,7 @@ class DegradationTripletDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} images")
         generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, index))
         draws = RandomDraws(generator)
-        hq = self._crop(self._load(index), draws)
+        hq = self._crop(self.load_hq(index), draws)
         if self.hflip and draws.bernoulli(0.5):
             hq = hq.flip(-1)
         hq = hq.contiguous()

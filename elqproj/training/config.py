@@ -94,13 +94,31 @@ class PromptSection(_Section):
 
 
 class HFDatasetSection(_Section):
-    """A Hugging Face ``datasets`` dataset of HQ images (``load_dataset(path, name, split=...)``)."""
+    """HQ images from a Hugging Face ``datasets`` dataset (``pip install datasets``), read lazily.
+
+    ``path`` is one of
+      * a Hub dataset id (``org/name``; ``name`` picks its configuration, ``revision`` a branch, tag
+        or commit; offline runs need it in the ``datasets`` cache already),
+      * a builder over local files: ``path: imagefolder`` with ``data_dir`` (a folder of images,
+        searched recursively) or ``data_files`` (a file or glob, a list of them, or
+        ``{split: files}``) — all of these go to ``datasets.load_dataset`` unchanged,
+      * a folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``, read with
+        ``datasets.load_from_disk`` (``name``, ``revision``, ``data_dir`` and ``data_files`` do not
+        apply to it).
+
+    ``split``: the split to train on; with ``load_dataset`` also a slice such as ``train[:1000]``. A
+    saved ``DatasetDict`` takes a split name; a saved single ``Dataset`` is used whole.
+    ``image_column``: the column holding the HQ images (an ``Image`` feature, image file paths, or
+    float tensors in [0, 1]); only this column is read.
+    """
 
     path: str
     name: str | None = None
     split: str = "train"
     image_column: str = "image"
     revision: str | None = None
+    data_dir: str | None = None
+    data_files: str | list[str] | dict[str, str | list[str]] | None = None
 
 
 class DataSection(_Section):

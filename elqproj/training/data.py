@@ -7,17 +7,18 @@ degradation's parameters (JSON) so that the degrade-back D(ẑ) can reuse them.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from .. import imageio
 from ..degradations import DegradationConfig, DegradationTripletDataset
+from ..degradations.dataset import hq_image_tensor
 from ..degradations.presets import get_preset
-from ..errors import ConfigError
+from ..errors import ConfigError, InvalidInputError
 from .config import DataSection, HFDatasetSection, TrainingConfig
 
-__all__ = ["degradation_config", "HFTripletDataset", "build_train_dataset", "build_validation_batch"]
+__all__ = ["degradation_config", "HFTripletDataset", "load_hf_rows", "build_train_dataset", "build_validation_batch"]
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -46,38 +47,48 @@ def degradation_config(spec: str | dict[str, Any]) -> DegradationConfig:
 class HFTripletDataset(DegradationTripletDataset):
     """Triplets over the rows of a Hugging Face dataset (any ``Sequence`` of mappings works), read lazily.
 
+    Only the row of the item being read is decoded; the constructor reads no image.
+
     Args:
         rows: indexable rows, e.g. ``datasets.load_dataset(...)``; ``rows[i][image_column]`` is a PIL
-            image (the ``Image`` feature), an image path, or a ``(3, H, W)`` tensor in [0, 1].
+            image (the ``Image`` feature), an image path, a numpy array or a ``(3, H, W)`` tensor in
+            [0, 1] (see :func:`~elqproj.degradations.dataset.hq_image_tensor`). Every row has the
+            same columns: they are checked once, from ``rows.column_names`` (``datasets``) or else
+            from the first row.
         image_column: the column holding the HQ image.
         **kwargs: :class:`DegradationTripletDataset` options.
+
+    Raises:
+        InvalidInputError: ``rows`` is empty.
+        ConfigError: ``image_column`` is not a column of ``rows``.
     """
 
     def __init__(self, rows: Any, *, image_column: str = "image", **kwargs: Any) -> None:
+        if len(rows) == 0:
+            raise InvalidInputError("the Hugging Face dataset has no rows; check data.hf_dataset.split / data_files")
+        _check_image_column(rows, image_column)
         self.rows = rows
         self.image_column = image_column
-        # The parent materialises its `images` argument as a list: hand it row indices, read rows on demand.
         super().__init__(range(len(rows)), **kwargs)
 
-    def _load(self, index: int) -> torch.Tensor:
-        row = self.rows[index]
-        if self.image_column not in row:
-            raise ConfigError(
-                f"data.hf_dataset.image_column {self.image_column!r} is not a column of the dataset "
-                f"(row {index} has {sorted(row)})."
-            )
-        image = row[self.image_column]
-        if isinstance(image, torch.Tensor):
-            image = image[None] if image.ndim == 3 else image
-            return imageio.check_image_tensor(image.detach().float().cpu(), name=f"row {index}")
-        if isinstance(image, str):
-            image = imageio.load_image(image, max_pixels=self.max_pixels)
-        tensor, _ = imageio.to_tensor(image.convert("RGB") if hasattr(image, "convert") else image,
-                                      max_pixels=self.max_pixels)
-        return tensor
+    def load_hq(self, index: int) -> torch.Tensor:
+        row = self.images[index]
+        return hq_image_tensor(self.rows[row][self.image_column], max_pixels=self.max_pixels,
+                               name=f"row {row}, column {self.image_column!r}")
 
 
-def _load_hf_rows(spec: HFDatasetSection) -> Any:
+def _check_image_column(rows: Any, image_column: str) -> None:
+    columns = getattr(rows, "column_names", None)
+    if columns is None:
+        columns = list(rows[0])
+    if image_column not in columns:
+        raise ConfigError(
+            f"image column {image_column!r} is not a column of the dataset (columns: {sorted(columns)}); "
+            "set data.hf_dataset.image_column to the one holding the HQ images"
+        )
+
+
+def _import_datasets() -> Any:
     try:
         import datasets
     except ImportError as exc:
@@ -85,22 +96,106 @@ def _load_hf_rows(spec: HFDatasetSection) -> Any:
             "data.hf_dataset needs the Hugging Face `datasets` package: pip install datasets "
             "(or point data.train at a folder of images)."
         ) from exc
-    return datasets.load_dataset(spec.path, spec.name, split=spec.split, revision=spec.revision)
+    return datasets
 
 
-def _triplets(data: DataSection, *, seed: int, crop: str, return_params: bool, limit: int | None = None,
-              images: str | None = None, rows: Any = None) -> DegradationTripletDataset:
+def _is_saved_dataset(path: str, datasets: Any) -> bool:
+    """A folder written by ``Dataset.save_to_disk`` (state.json) or ``DatasetDict.save_to_disk``."""
+    folder = Path(path)
+    return (folder / datasets.config.DATASET_STATE_JSON_FILENAME).is_file() or (
+        folder / datasets.config.DATASETDICT_JSON_FILENAME
+    ).is_file()
+
+
+def _unknown_split(spec: HFDatasetSection, available: list[str]) -> ConfigError:
+    return ConfigError(
+        f"data.hf_dataset.split {spec.split!r} is not a split of {spec.path!r}; "
+        f"set data.hf_dataset.split to one of {sorted(available)}"
+    )
+
+
+def _load_saved(spec: HFDatasetSection, datasets: Any) -> Any:
+    loader_only = {key: getattr(spec, key) for key in ("name", "revision", "data_dir", "data_files")}
+    if given := sorted(key for key, value in loader_only.items() if value is not None):
+        raise ConfigError(
+            f"data.hf_dataset.path {spec.path!r} is a dataset saved with save_to_disk; "
+            f"{', '.join('data.hf_dataset.' + key for key in given)} only apply to load_dataset: remove them"
+        )
+    loaded = datasets.load_from_disk(spec.path)
+    if isinstance(loaded, datasets.DatasetDict):
+        if spec.split not in loaded:
+            raise _unknown_split(spec, list(loaded))
+        return loaded[spec.split]
+    return loaded
+
+
+def _requested_splits(split: str) -> list[str]:
+    """``"train[:10%]+test"`` → ``["train", "test"]`` (the ``datasets`` split syntax)."""
+    return [part.split("[")[0].strip() for part in split.split("+")]
+
+
+def _load_with_load_dataset(spec: HFDatasetSection, datasets: Any) -> Any:
+    offline = bool(datasets.config.HF_HUB_OFFLINE)
+    try:
+        return datasets.load_dataset(spec.path, spec.name, data_dir=spec.data_dir, data_files=spec.data_files,
+                                     split=spec.split, revision=spec.revision)
+    except ConnectionError as err:
+        if offline:
+            raise ConfigError(
+                f"data.hf_dataset.path {spec.path!r} is not in the `datasets` cache and HF_HUB_OFFLINE=1 forbids "
+                "downloading it: run once online (or unset HF_HUB_OFFLINE), or save it with save_to_disk where it is "
+                "available, copy that folder here and set data.hf_dataset.path to it"
+            ) from err
+        raise
+    except FileNotFoundError as err:
+        raise ConfigError(
+            f"data.hf_dataset: no dataset found for path {spec.path!r} ({err}); give a Hub dataset id, a builder "
+            "such as imagefolder with data_dir or data_files, or a folder written by save_to_disk"
+            + (" (HF_HUB_OFFLINE=1: a Hub dataset must already be in the `datasets` cache)" if offline else "")
+        ) from err
+    except ValueError as err:
+        # `datasets` reports an unknown split as a bare ValueError: recognise it by the split names.
+        available = _split_names(spec, datasets)
+        if available is not None and not set(_requested_splits(spec.split)) <= set(available):
+            raise _unknown_split(spec, available) from err
+        raise
+
+
+def _split_names(spec: HFDatasetSection, datasets: Any) -> list[str] | None:
+    """The dataset's split names, or None where they cannot be read (they only improve a message)."""
+    try:
+        return list(datasets.get_dataset_split_names(spec.path, spec.name, data_files=spec.data_files,
+                                                     revision=spec.revision, data_dir=spec.data_dir))
+    except Exception:
+        return None
+
+
+def load_hf_rows(spec: HFDatasetSection) -> Any:
+    """The rows of ``spec``'s split as a ``datasets.Dataset`` reduced to its image column (nothing decoded).
+
+    Raises:
+        ConfigError: ``datasets`` is missing, the dataset or split does not exist (the message lists
+            the splits), the image column does not exist (the message lists the columns), or the
+            dataset is not cached while HF_HUB_OFFLINE=1.
+    """
+    datasets = _import_datasets()
+    if _is_saved_dataset(spec.path, datasets):
+        rows = _load_saved(spec, datasets)
+    else:
+        rows = _load_with_load_dataset(spec, datasets)
+    _check_image_column(rows, spec.image_column)
+    # Rows are decoded whole: dropping the other columns (captions, other images) saves their decoding.
+    return rows.select_columns([spec.image_column])
+
+
+def _triplets(data: DataSection, *, seed: int, crop: str, return_params: bool, images: str | None = None,
+              rows: Any = None) -> DegradationTripletDataset:
     options = dict(crop_size=data.crop_size, crop=crop, seed=seed, return_params=return_params,
                    lq_config=degradation_config(data.lq_degradation),
                    elq_config=degradation_config(data.elq_degradation))
     if rows is not None:
-        if limit is not None:
-            rows = [rows[i] for i in range(min(limit, len(rows)))]
         return HFTripletDataset(rows, image_column=data.hf_dataset.image_column, **options)
-    dataset = DegradationTripletDataset(images, **options)
-    if limit is not None:
-        dataset.images = dataset.images[:limit]
-    return dataset
+    return DegradationTripletDataset(images, **options)
 
 
 def build_train_dataset(config: TrainingConfig, *, rows: Any = None) -> DegradationTripletDataset:
@@ -110,7 +205,7 @@ def build_train_dataset(config: TrainingConfig, *, rows: Any = None) -> Degradat
     """
     data = config.data
     if data.hf_dataset is not None and rows is None:
-        rows = _load_hf_rows(data.hf_dataset)
+        rows = load_hf_rows(data.hf_dataset)
     return _triplets(data, seed=config.seed, crop="random", return_params=True, images=data.train, rows=rows)
 
 
@@ -126,11 +221,11 @@ def build_validation_batch(config: TrainingConfig, *, rows: Any = None) -> dict[
     data = config.data
     seed = config.seed + 1  # not the training seed: validation crops are not training items
     if data.validation is not None:
-        dataset = _triplets(data, seed=seed, crop="center", return_params=False, images=data.validation, limit=count)
+        dataset = _triplets(data, seed=seed, crop="center", return_params=False, images=data.validation)
     else:
         if data.hf_dataset is not None and rows is None:
-            rows = _load_hf_rows(data.hf_dataset)
-        dataset = _triplets(data, seed=seed, crop="center", return_params=False, images=data.train, rows=rows,
-                            limit=count)
-    items = [dataset[i] for i in range(len(dataset))]
+            rows = load_hf_rows(data.hf_dataset)
+        dataset = _triplets(data, seed=seed, crop="center", return_params=False, images=data.train, rows=rows)
+    # Items depend on (seed, index) only, so the first `count` items are those of a `count`-image dataset.
+    items = [dataset[i] for i in range(min(count, len(dataset)))]
     return {key: torch.stack([item[key] for item in items]) for key in ("elq", "lq", "hq")}

@@ -1,16 +1,15 @@
-"""Training building blocks: the VSD regulariser UNet, prompt dropout, LPIPS loading, data, checkpoints."""
+"""Training building blocks: the VSD regulariser UNet, prompt dropout, LPIPS loading, degradation configs, checkpoints
+(Hugging Face data: test_hf_dataset.py)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import save_file
 
 from elqproj.errors import ConfigError
 from elqproj.training import checkpoints
-from elqproj.training.data import HFTripletDataset, degradation_config
+from elqproj.training.data import degradation_config
 from elqproj.training.perceptual import load_lpips
 from elqproj.training.prompting import drop_prompts
 from elqproj.training.regularizer import VSDRegularizer, x0_from_epsilon
@@ -111,22 +110,6 @@ def test_degradation_overrides_merge_into_the_preset():
 def test_bad_degradation_override_is_a_config_error():
     with pytest.raises(ConfigError):
         degradation_config({"preset": "osediff", "final_scale": [8, 4]})
-
-
-def test_hf_rows_give_triplets_with_the_lq_params():
-    rows = [{"image": Image.fromarray((np.random.default_rng(i).random((130, 150, 3)) * 255).astype(np.uint8))}
-            for i in range(2)]
-    dataset = HFTripletDataset(rows, image_column="image", crop_size=128, return_params=True)
-    assert len(dataset) == 2
-    item = dataset[1]
-    assert item["hq"].shape == item["lq"].shape == item["elq"].shape == (3, 128, 128)
-    assert '"blur1"' in item["lq_params"]
-
-
-def test_hf_rows_without_the_image_column_are_a_config_error():
-    dataset = HFTripletDataset([{"picture": None}], image_column="image", crop_size=64)
-    with pytest.raises(ConfigError, match="image_column"):
-        dataset[0]
 
 
 def _complete(path):
