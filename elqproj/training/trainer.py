@@ -98,15 +98,24 @@ class IRIBTrainer:
         self.config = config
         run = config.training
         self.output_dir = Path(config.output_dir)
-        self.accelerator = Accelerator(
-            gradient_accumulation_steps=run.gradient_accumulation_steps,
-            mixed_precision=run.mixed_precision,
-            log_with=list(run.log_with) or None,
-            project_config=ProjectConfiguration(project_dir=str(self.output_dir),
-                                                logging_dir=str(self.output_dir / "logs")),
-            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
-        )
+        try:
+            self.accelerator = Accelerator(
+                gradient_accumulation_steps=run.gradient_accumulation_steps,
+                mixed_precision=run.mixed_precision,
+                log_with=list(run.log_with) or None,
+                project_config=ProjectConfiguration(project_dir=str(self.output_dir),
+                                                    logging_dir=str(self.output_dir / "logs")),
+                dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
+                kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+            )
+        except ValueError as exc:
+            if "already been initialized" not in str(exc):
+                raise
+            raise ConfigError(
+                f"training.mixed_precision {run.mixed_precision!r} differs from the precision accelerate was "
+                "set up with earlier in this process (accelerate fixes it once per process); start a new "
+                "Python process for this run."
+            ) from exc
         set_seed(config.seed)
         if run.allow_tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True

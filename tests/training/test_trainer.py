@@ -107,6 +107,47 @@ def test_resume_continues_the_step_count_and_the_optimizer_state(tmp_path, train
     assert read_trainer_state(tmp_path / "checkpoint-2")["global_step"] == 2
 
 
+def test_gradient_accumulation_updates_once_per_accumulated_batches(tmp_path, train_images):
+    trainer = IRIBTrainer(tiny_config(tmp_path, train_images, **{
+        "training.gradient_accumulation_steps": 2, "training.max_steps": 1, "training.num_validation_images": 0}))
+    micro_batches = []
+    step = trainer.training_step
+    trainer.training_step = lambda batch, generator=None: micro_batches.append(1) or step(batch, generator)
+    trainer.train()
+    assert (len(micro_batches), trainer.global_step) == (2, 1)
+    for optimizer in (trainer.optimizer, trainer.regularizer_optimizer):
+        steps = {float(state["step"]) for state in optimizer.state_dict()["state"].values()}
+        assert steps == {1.0}
+    assert trainer.lr_scheduler.state_dict()["last_epoch"] == 1
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state whose mixed precision is fixed at first use: start and end
+    with none (what accelerate's own test cases do between tests)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_bf16_mixed_precision_keeps_frozen_weights_in_bf16_and_trains_in_float32(
+        tmp_path, train_images, fresh_accelerate_state):
+    trainer = IRIBTrainer(tiny_config(tmp_path, train_images, **{"training.mixed_precision": "bf16"}))
+    trained = {id(p) for p in [*trainer.student_parameters, *trainer.regularizer.lora_parameters()]}
+    assert all(p.dtype == torch.float32 for p in [*trainer.student_parameters, *trainer.regularizer.lora_parameters()])
+    for network in (trainer.student.engine, trainer.restorer.engine, trainer.regularizer.unet):
+        frozen = [p for p in network.parameters() if id(p) not in trained]
+        assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+
+
+def test_changing_the_mixed_precision_within_one_process_is_a_config_error(tmp_path, train_images):
+    IRIBTrainer(tiny_config(tmp_path / "a", train_images))
+    with pytest.raises(ConfigError, match="new Python process"):
+        IRIBTrainer(tiny_config(tmp_path / "b", train_images, **{"training.mixed_precision": "bf16"}))
+
+
 def test_the_baseline_fine_tunes_osediff_and_saves_an_osediff_checkpoint(tmp_path, train_images):
     trainer = IRIBTrainer(tiny_config(tmp_path, train_images, mode="finetune_restorer",
                                       **{"loss.lambda_lq": 0.0, "loss.lambda_blur": 0.0}))
