@@ -47,6 +47,8 @@ __all__ = ["IRIBTrainer", "train"]
 logger = logging.getLogger(__name__)
 
 _WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: tracker -> the packages that provide it (accelerate only warns, then logs nothing, when none is installed)
+_TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
 _WHOLE = TilingConfig(mode="never")  # training crops are processed whole: tiling would only change the numbers
 
 
@@ -60,6 +62,18 @@ class _Forward:
     restored: OneStepOutput
     prompt_embeds: torch.Tensor
     projected: OneStepOutput | None
+
+
+def _check_trackers(trackers: list[str]) -> None:
+    import importlib.util
+
+    for tracker in trackers:
+        packages = _TRACKER_PACKAGES[tracker]
+        if not any(importlib.util.find_spec(package) for package in packages):
+            raise ConfigError(
+                f"training.log_with asks for {tracker!r}, but {' or '.join(packages)} is not installed: "
+                f"pip install {packages[0]} (or remove {tracker!r} from training.log_with)."
+            )
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -97,6 +111,7 @@ class IRIBTrainer:
 
         self.config = config
         run = config.training
+        _check_trackers(run.log_with)
         self.output_dir = Path(config.output_dir)
         try:
             self.accelerator = Accelerator(

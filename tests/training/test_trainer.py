@@ -207,6 +207,15 @@ def test_a_multistep_restorer_cannot_be_trained_through(tmp_path, train_images):
         IRIBTrainer(tiny_config(tmp_path, train_images, **{"restorer.name": "seesr"}))
 
 
+def test_a_tracker_whose_package_is_missing_is_a_config_error(tmp_path, train_images, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else find_spec(name, *a))
+    with pytest.raises(ConfigError, match="pip install wandb"):
+        IRIBTrainer(tiny_config(tmp_path, train_images, **{"training.log_with": ["tensorboard", "wandb"]}))
+
+
 def test_too_few_images_for_a_batch_is_a_config_error(tmp_path, train_images):
     with pytest.raises(ConfigError, match="no full batch"):
         IRIBTrainer(tiny_config(tmp_path, train_images, **{"data.batch_size": 3}))
