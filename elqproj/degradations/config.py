@@ -68,6 +68,16 @@ def _odd_sizes(sizes: tuple[int, ...]) -> tuple[int, ...]:
 KernelSizes = Annotated[tuple[int, ...], AfterValidator(_odd_sizes)]
 
 
+def _some_modes(modes: tuple[str, ...]) -> tuple[str, ...]:
+    if not modes:
+        raise ValueError("at least one resize mode is needed")
+    return modes
+
+
+#: The ``F.interpolate`` modes one resize draws from (uniformly); not empty.
+ResizeModes = Annotated[tuple[ResizeMode, ...], AfterValidator(_some_modes)]
+
+
 def _check_distribution(weights: dict[str, float], what: str) -> dict[str, float]:
     negative = {key: value for key, value in weights.items() if value < 0}
     if negative:
@@ -81,6 +91,13 @@ def _check_distribution(weights: dict[str, float], what: str) -> dict[str, float
 def _check_positive(bounds: tuple[float, float], what: str) -> tuple[float, float]:
     if bounds[0] <= 0:
         raise ValueError(f"{what} must be > 0, got {bounds}")
+    return bounds
+
+
+def _check_contains_one(bounds: tuple[float, float], what: str, rule: str) -> tuple[float, float]:
+    """For ranges split at 1 (half the draws below, half above): ``rule`` says how they are drawn."""
+    if not bounds[0] <= 1.0 <= bounds[1]:
+        raise ValueError(f"{what} range must contain 1 ({rule}), got {bounds}")
     return bounds
 
 
@@ -115,9 +132,7 @@ class BlurConfig(ConfigModel):
     @classmethod
     def _beta_brackets_one(cls, value: tuple[float, float]) -> tuple[float, float]:
         _check_positive(value, "beta")
-        if not value[0] <= 1.0 <= value[1]:
-            raise ValueError(f"beta range must contain 1 (beta is drawn in [low, 1] or [1, high]), got {value}")
-        return value
+        return _check_contains_one(value, "beta", "beta is drawn in [low, 1] or [1, high]")
 
 
 class ResizeConfig(ConfigModel):
@@ -129,7 +144,7 @@ class ResizeConfig(ConfigModel):
 
     probs: dict[ResizeDirection, float]
     range: Range
-    modes: tuple[ResizeMode, ...] = ("area", "bilinear", "bicubic")
+    modes: ResizeModes = ("area", "bilinear", "bicubic")
 
     @field_validator("probs")
     @classmethod
@@ -140,16 +155,7 @@ class ResizeConfig(ConfigModel):
     @classmethod
     def _range_brackets_one(cls, value: tuple[float, float]) -> tuple[float, float]:
         _check_positive(value, "resize scale")
-        if not value[0] <= 1.0 <= value[1]:
-            raise ValueError(f"resize range must contain 1 (down draws in [low, 1], up in [1, high]), got {value}")
-        return value
-
-    @field_validator("modes")
-    @classmethod
-    def _some_mode(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if not value:
-            raise ValueError("at least one resize mode is needed")
-        return value
+        return _check_contains_one(value, "resize", "down draws in [low, 1], up in [1, high]")
 
 
 class NoiseConfig(ConfigModel):
@@ -235,7 +241,7 @@ class DegradationConfig(ConfigModel):
     stage2: StageConfig
     final_sinc: FinalSincConfig
     resize_sinc_first_prob: Probability = 0.5
-    final_resize_modes: tuple[ResizeMode, ...] = ("area", "bilinear", "bicubic")
+    final_resize_modes: ResizeModes = ("area", "bilinear", "bicubic")
     final_scale: tuple[int, int] = (4, 4)
     resize_back: bool = False
 
@@ -244,11 +250,4 @@ class DegradationConfig(ConfigModel):
     def _scale_range(cls, value: tuple[int, int]) -> tuple[int, int]:
         if value[0] < 1 or value[0] > value[1]:
             raise ValueError(f"final_scale must be an ordered integer range with low >= 1, got {value}")
-        return value
-
-    @field_validator("final_resize_modes")
-    @classmethod
-    def _some_final_mode(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if not value:
-            raise ValueError("at least one final resize mode is needed")
         return value
