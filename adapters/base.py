@@ -1,9 +1,9 @@
 """The restorer protocol (g) and the registry that finds restorers by name.
 
 A restorer maps an ordinary-LQ image to an HQ image. Each architecture lives in one module of
-``elqproj.adapters`` and is listed once in :data:`_BUILTIN` (spandrel's shape: adding a restorer = one
-module + one registry line). Third-party packages add restorers through the entry-point group
-``elqproj.restorers``::
+``elqproj.adapters`` and is listed once among the built-ins of :data:`RESTORERS` (spandrel's shape:
+adding a restorer = one module + one registry line). Third-party packages add restorers through the
+entry-point group ``elqproj.restorers``::
 
     [project.entry-points."elqproj.restorers"]
     myrestorer = "my_package.restorer:MyRestorer"
@@ -14,17 +14,15 @@ where ``MyRestorer`` subclasses :class:`Restorer`. See docs/adding-a-restorer.md
 from __future__ import annotations
 
 import abc
-import importlib
 import inspect
-import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
 import torch
 
-from elqproj.errors import ConfigError, InvalidInputError, UnknownNameError
+from elqproj.errors import ConfigError
+from elqproj.registry import Registry, RegistryEntry
 
 __all__ = [
     "RestorerCapabilities",
@@ -33,10 +31,9 @@ __all__ = [
     "load_restorer",
     "list_restorers",
     "get_restorer_class",
+    "RESTORERS",
     "ENTRY_POINT_GROUP",
 ]
-
-logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "elqproj.restorers"
 
@@ -156,68 +153,35 @@ class Restorer(torch.nn.Module, abc.ABC):
         return f"name={self.name!r}, scale={self.capabilities.scale}, steps={self.capabilities.steps}"
 
 
-# name -> "module:Class" (imported on first use: importing a restorer pulls in its model code)
-_BUILTIN: dict[str, str] = {
-    "osediff": "elqproj.adapters.osediff:OSEDiffRestorer",
-    "s3diff": "elqproj.adapters.s3diff:S3DiffRestorer",
-    "seesr": "elqproj.adapters.seesr:SeeSRRestorer",
-}
-_registry: dict[str, str | type[Restorer]] = dict(_BUILTIN)
-_entry_points_loaded = False
+# Adding a built-in restorer = its module plus one line here ("module:Class", imported on first use:
+# importing a restorer pulls in its model code).
+RESTORERS: Registry[type[Restorer]] = Registry(
+    "restorer",
+    group=ENTRY_POINT_GROUP,
+    builtin={
+        "osediff": RegistryEntry("elqproj.adapters.osediff:OSEDiffRestorer"),
+        "s3diff": RegistryEntry("elqproj.adapters.s3diff:S3DiffRestorer"),
+        "seesr": RegistryEntry("elqproj.adapters.seesr:SeeSRRestorer"),
+    },
+    accepts=lambda obj: isinstance(obj, type) and issubclass(obj, Restorer),
+    expected="a Restorer subclass",
+    path_form="module:Class",
+)
 
 
 def register_restorer(name: str, restorer: type[Restorer] | str, *, overwrite: bool = False) -> None:
     """Make a restorer class (or its ``"module:Class"`` path) loadable as ``load_restorer(name)``."""
-    key = name.lower()
-    if key in _registry and not overwrite and _registry[key] != restorer:
-        raise ConfigError(f"A restorer named {name!r} is already registered; pass overwrite=True to replace it.")
-    if not isinstance(restorer, str) and not (isinstance(restorer, type) and issubclass(restorer, Restorer)):
-        raise InvalidInputError(
-            f"register_restorer({name!r}, ...) needs a Restorer subclass or a 'module:Class' string, "
-            f"got {type(restorer).__name__}."
-        )
-    _registry[key] = restorer
-
-
-def _load_entry_points() -> None:
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name.lower() in _registry:
-            logger.warning("Entry point %s=%s ignored: the name is taken by %s", ep.name, ep.value,
-                           _registry[ep.name.lower()])
-            continue
-        _registry[ep.name.lower()] = ep.value
+    RESTORERS.register(name, restorer, overwrite=overwrite)
 
 
 def list_restorers() -> list[str]:
     """Names accepted by :func:`load_restorer`: built-ins, registered ones, and entry points."""
-    _load_entry_points()
-    return sorted(_registry)
+    return RESTORERS.names()
 
 
 def get_restorer_class(name: str) -> type[Restorer]:
     """The :class:`Restorer` subclass registered as ``name`` (imports its module on first use)."""
-    _load_entry_points()
-    key = name.lower() if isinstance(name, str) else name
-    if key not in _registry:
-        raise UnknownNameError(
-            f"Unknown restorer {name!r}. Known restorers: {', '.join(sorted(_registry))}. "
-            "Third-party restorers register through the 'elqproj.restorers' entry-point group."
-        )
-    target = _registry[key]
-    if isinstance(target, str):
-        module_name, _, attr = target.partition(":")
-        try:
-            target = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise UnknownNameError(f"Restorer {name!r} is registered as {target!r}, which cannot be imported: {exc}") from exc
-        if not (isinstance(target, type) and issubclass(target, Restorer)):
-            raise UnknownNameError(f"Restorer {name!r} ({_registry[key]!r}) is not a Restorer subclass.")
-        _registry[key] = target
-    return target
+    return RESTORERS.get(name)
 
 
 def load_restorer(name: str, weights: Any = None, **kwargs: Any) -> Restorer:

@@ -103,14 +103,14 @@ class _CountingTagger:
 
 
 @pytest.fixture
-def counting_tagger(monkeypatch):
-    import elqproj.prompts.base as prompt_registry
+def counting_tagger():
     from elqproj.prompts import register_prompt_extractor
+    from elqproj.prompts.base import PROMPT_EXTRACTORS
 
-    monkeypatch.setattr(prompt_registry, "_registry", dict(prompt_registry._registry))  # undone after the test
-    _CountingTagger.loads = 0
-    register_prompt_extractor("counting-test", _CountingTagger, overwrite=True)
-    return _CountingTagger
+    with PROMPT_EXTRACTORS.isolated():  # the registration ends with the test
+        _CountingTagger.loads = 0
+        register_prompt_extractor("counting-test", _CountingTagger, overwrite=True)
+        yield _CountingTagger
 
 
 def test_tag_prints_one_prompt_per_image(tmp_path, capsys, counting_tagger):

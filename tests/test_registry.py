@@ -44,9 +44,10 @@ class _Identity(Restorer):
 
 
 @pytest.fixture
-def clean_registry(monkeypatch):
-    monkeypatch.setattr(base, "_registry", dict(base._BUILTIN))
-    monkeypatch.setattr(base, "_entry_points_loaded", False)
+def clean_registry():
+    """The built-in restorers only, entry points not yet discovered; registrations end with the test."""
+    with base.RESTORERS.isolated():
+        yield
 
 
 def test_register_and_load_a_custom_restorer(clean_registry):
@@ -60,6 +61,29 @@ def test_register_and_load_a_custom_restorer(clean_registry):
 def test_register_rejects_non_restorers(clean_registry):
     with pytest.raises(InvalidInputError, match="Restorer subclass"):
         base.register_restorer("bad", dict)
+
+
+def test_register_rejects_an_empty_name(clean_registry):
+    with pytest.raises(InvalidInputError, match="restorer name must be a non-empty string"):
+        base.register_restorer(" ", _Identity)
+
+
+def test_registering_the_same_restorer_again_is_allowed(clean_registry):
+    base.register_restorer("identity", _Identity)
+    base.register_restorer("Identity", _Identity)
+    assert base.get_restorer_class("IDENTITY") is _Identity
+
+
+def test_a_builtin_can_be_registered_again_once_imported(clean_registry):
+    base.register_restorer("osediff", base.get_restorer_class("osediff"))
+    assert base.get_restorer_class("osediff").name == "osediff"
+
+
+def test_registrations_made_in_isolation_are_gone_afterwards():
+    with base.RESTORERS.isolated():
+        base.register_restorer("identity", _Identity)
+        assert "identity" in list_restorers()
+    assert "identity" not in list_restorers()
 
 
 def test_entry_point_restorers_are_discovered(clean_registry, tmp_path, monkeypatch):
@@ -82,6 +106,12 @@ def test_broken_registration_is_a_clear_error(clean_registry):
     base.register_restorer("broken", "no_such_module_xyz:Thing")
     with pytest.raises(UnknownNameError, match="cannot be imported"):
         load_restorer("broken")
+
+
+def test_a_path_to_something_else_is_rejected_on_first_use(clean_registry):
+    base.register_restorer("not-a-restorer", "collections:OrderedDict")
+    with pytest.raises(UnknownNameError, match=r"'collections:OrderedDict'\) is not a Restorer subclass"):
+        base.get_restorer_class("not-a-restorer")
 
 
 def test_a_restorer_without_a_training_forward_says_it_cannot_be_trained_through():

@@ -3,9 +3,10 @@
 A prompt extractor turns images into one text prompt per image. It conditions both the Projector f and
 the restorer g, and the LFO loop calls it again on every intermediate LQ image (paper eq. 20-22).
 
-Built-in extractors are listed once in :data:`_BUILTIN` as ``"module:factory"`` strings, imported on
-first use (importing ``elqproj.prompts`` does not import timm or a VLM). Third-party packages add
-extractors through the entry-point group ``elqproj.prompt_extractors``::
+Built-in extractors are listed once among the built-ins of :data:`PROMPT_EXTRACTORS` as
+``"module:factory"`` strings, imported on first use (importing ``elqproj.prompts`` does not import timm
+or a VLM). Third-party packages add extractors through the entry-point group
+``elqproj.prompt_extractors``::
 
     [project.entry-points."elqproj.prompt_extractors"]
     mytagger = "my_package.tagger:load_my_tagger"
@@ -17,17 +18,16 @@ where ``load_my_tagger(weights=None, *, device=None, dtype=None, revision=None, 
 from __future__ import annotations
 
 import abc
-import importlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from elqproj.errors import ConfigError, DeviceError, InvalidInputError, UnknownNameError
+from elqproj.errors import ConfigError, DeviceError, InvalidInputError
 from elqproj.imageio import to_tensor
+from elqproj.registry import Registry, RegistryEntry
 
 __all__ = [
     "PromptResult",
@@ -38,6 +38,7 @@ __all__ = [
     "list_prompt_extractors",
     "describe_prompt_extractor",
     "as_prompt_extractor",
+    "PROMPT_EXTRACTORS",
     "image_list",
     "count_images",
     "usable_texts",
@@ -100,36 +101,35 @@ class PromptExtractor(abc.ABC):
 PromptExtractorFactory = Callable[..., PromptExtractor]
 
 
-@dataclass
-class _Entry:
-    factory: PromptExtractorFactory | str
-    description: str = ""
-    default_weights: str | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
-
-
-# name -> entry whose factory is a "module:attr" string until first use (imports model code lazily)
-_BUILTIN: dict[str, _Entry] = {
-    "none": _Entry("elqproj.prompts.fixed:load_empty_prompt", "the empty prompt for every image (no conditioning)"),
-    "ram": _Entry(
-        "elqproj.prompts.ram:load_ram",
-        "RAM (Recognize Anything, Swin-L 14M) image tagger: 4585 tags, official per-class thresholds",
-        default_weights="xinyu1205/recognize_anything_model/ram_swin_large_14m.pth",
-    ),
-    "dape": _Entry(
-        "elqproj.prompts.ram:load_dape",
-        "DAPE (SeeSR's degradation-aware RAM: RAM + LoRA); also gives SeeSR's image features",
-        default_weights=None,
-        extras={"weights_note": "DAPE.pth is published on Google Drive only: download it and pass weights="},
-    ),
-    "vlm": _Entry(
-        "elqproj.prompts.vlm:load_vlm",
-        "a vision-language model (transformers image-text-to-text) describing the restored content",
-        default_weights="HuggingFaceTB/SmolVLM-256M-Instruct",
-    ),
-}
-_registry: dict[str, _Entry] = dict(_BUILTIN)
-_entry_points_loaded = False
+# Built-in factories are "module:attr" paths until first use (importing one pulls in timm or a VLM).
+PROMPT_EXTRACTORS: Registry[PromptExtractorFactory] = Registry(
+    "prompt extractor",
+    group=ENTRY_POINT_GROUP,
+    builtin={
+        "none": RegistryEntry(
+            "elqproj.prompts.fixed:load_empty_prompt",
+            {"description": "the empty prompt for every image (no conditioning)"},
+        ),
+        "ram": RegistryEntry("elqproj.prompts.ram:load_ram", {
+            "description": "RAM (Recognize Anything, Swin-L 14M) image tagger: 4585 tags, official per-class "
+                           "thresholds",
+            "default_weights": "xinyu1205/recognize_anything_model/ram_swin_large_14m.pth",
+        }),
+        "dape": RegistryEntry("elqproj.prompts.ram:load_dape", {
+            "description": "DAPE (SeeSR's degradation-aware RAM: RAM + LoRA); also gives SeeSR's image features",
+            "weights_note": "DAPE.pth is published on Google Drive only: download it and pass weights=",
+        }),
+        "vlm": RegistryEntry("elqproj.prompts.vlm:load_vlm", {
+            "description": "a vision-language model (transformers image-text-to-text) describing the restored "
+                           "content",
+            "default_weights": "HuggingFaceTB/SmolVLM-256M-Instruct",
+        }),
+    },
+    accepts=callable,
+    expected="a callable factory",
+    unknown_hint="Pass one of these, a PromptExtractor, a callable images -> list[str], or register yours with "
+    "register_prompt_extractor().",
+)
 
 
 def register_prompt_extractor(
@@ -152,69 +152,19 @@ def register_prompt_extractor(
             factory applies its own default).
         overwrite: replace an existing entry of that name instead of raising :class:`ConfigError`.
     """
-    if not isinstance(name, str) or not name.strip():
-        raise InvalidInputError(f"A prompt extractor name must be a non-empty string, got {name!r}.")
-    if not (isinstance(factory, str) or callable(factory)):
-        raise InvalidInputError(
-            f"register_prompt_extractor({name!r}, ...) needs a callable factory or a 'module:attr' string, "
-            f"got {type(factory).__name__}."
-        )
-    key = name.lower()
-    if key in _registry and not overwrite and _registry[key].factory != factory:
-        raise ConfigError(
-            f"A prompt extractor named {name!r} is already registered; pass overwrite=True to replace it."
-        )
-    _registry[key] = _Entry(factory, description, default_weights)
-
-
-def _load_entry_points() -> None:
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name.lower() in _registry:
-            logger.warning("Entry point %s=%s ignored: the name is taken", ep.name, ep.value)
-            continue
-        _registry[ep.name.lower()] = _Entry(ep.value, f"third-party extractor ({ep.value})")
+    info = {"description": description, "default_weights": default_weights}
+    PROMPT_EXTRACTORS.register(name, factory, info=info, overwrite=overwrite)
 
 
 def list_prompt_extractors() -> list[str]:
     """Names accepted by :func:`load_prompt_extractor`: built-ins, registered ones and entry points."""
-    _load_entry_points()
-    return sorted(_registry)
-
-
-def _entry(name: str) -> _Entry:
-    _load_entry_points()
-    key = name.lower() if isinstance(name, str) else name
-    if key not in _registry:
-        raise UnknownNameError(
-            f"Unknown prompt extractor {name!r}. Known prompt extractors: {', '.join(sorted(_registry))}. "
-            "Pass one of these, a PromptExtractor, a callable images -> list[str], or register yours with "
-            "register_prompt_extractor()."
-        )
-    return _registry[key]
+    return PROMPT_EXTRACTORS.names()
 
 
 def describe_prompt_extractor(name: str) -> dict[str, Any]:
     """``{"name", "description", "default_weights", ...}`` of a registered extractor (no loading)."""
-    entry = _entry(name)
-    return {"name": name.lower(), "description": entry.description, "default_weights": entry.default_weights,
-            **entry.extras}
-
-
-def _factory(name: str) -> PromptExtractorFactory:
-    entry = _entry(name)
-    if isinstance(entry.factory, str):
-        module_name, _, attr = entry.factory.partition(":")
-        try:
-            entry.factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise UnknownNameError(
-                f"Prompt extractor {name!r} is registered as {entry.factory!r}, which cannot be imported: {exc}"
-            ) from exc
-    return entry.factory
+    info = PROMPT_EXTRACTORS.entry(name).info
+    return {"name": name.lower(), "description": "", "default_weights": None, **info}
 
 
 def load_prompt_extractor(
@@ -241,7 +191,7 @@ def load_prompt_extractor(
     Raises:
         UnknownNameError: ``name`` is not registered (the message lists the known names).
     """
-    factory = _factory(name)
+    factory = PROMPT_EXTRACTORS.get(name)
     extractor = factory(weights=weights, device=device, dtype=dtype, revision=revision, **kwargs)
     if not isinstance(extractor, PromptExtractor):
         raise ConfigError(
@@ -273,8 +223,7 @@ def as_prompt_extractor(spec: Any) -> PromptExtractor:
     if isinstance(spec, PromptExtractor):
         return spec
     if isinstance(spec, str):
-        _load_entry_points()
-        if spec.lower() in _registry:
+        if spec in PROMPT_EXTRACTORS:
             return load_prompt_extractor(spec)
         return FixedPrompt(spec)
     if callable(spec):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-from importlib.metadata import EntryPoint
-
 import numpy as np
 import pytest
 import torch
@@ -52,11 +50,10 @@ class BrokenTagger(PromptExtractor):
 
 
 @pytest.fixture
-def registry(monkeypatch):
-    """A private copy of the registry, so registrations do not leak between tests."""
-    monkeypatch.setattr(base, "_registry", dict(base._registry))
-    monkeypatch.setattr(base, "_entry_points_loaded", True)
-    return base._registry
+def registry():
+    """The built-in extractors only, entry points not yet discovered; registrations end with the test."""
+    with base.PROMPT_EXTRACTORS.isolated() as registry:
+        yield registry
 
 
 def test_builtin_extractors_are_listed():
@@ -135,12 +132,28 @@ def test_a_factory_that_returns_no_extractor_is_a_config_error(registry):
         load_prompt_extractor("bad")
 
 
-def test_third_party_extractors_come_from_entry_points(monkeypatch, registry):
-    monkeypatch.setattr(base, "_entry_points_loaded", False)
-    point = EntryPoint("thirdparty", f"{__name__}:CountingTagger", base.ENTRY_POINT_GROUP)
-    monkeypatch.setattr(base, "entry_points", lambda group: [point] if group == base.ENTRY_POINT_GROUP else [])
+def _install_entry_point(line, tmp_path, monkeypatch):
+    """Put a distribution declaring ``line`` in the prompt-extractor entry-point group on sys.path."""
+    dist = tmp_path / "thirdparty_tagger-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdparty-tagger\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[{base.ENTRY_POINT_GROUP}]\n{line}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_third_party_extractors_come_from_entry_points(registry, tmp_path, monkeypatch):
+    _install_entry_point(f"thirdparty = {__name__}:CountingTagger", tmp_path, monkeypatch)
     assert "thirdparty" in list_prompt_extractors()
+    assert describe_prompt_extractor("thirdparty")["description"].startswith("third-party prompt extractor")
     assert load_prompt_extractor("thirdparty")(IMAGES) == ["tag 0", "tag 1"]
+
+
+def test_an_entry_point_does_not_replace_a_builtin(registry, tmp_path, monkeypatch, caplog):
+    _install_entry_point(f"RAM = {__name__}:CountingTagger", tmp_path, monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="elqproj.registry"):
+        assert "ram" in list_prompt_extractors()
+    assert "RAM=tests.prompts.test_extractors:CountingTagger" in caplog.text and "name is taken" in caplog.text
+    assert registry.entry("ram").target == "elqproj.prompts.ram:load_ram"
 
 
 def test_a_callable_returning_a_list_is_wrapped():
