@@ -44,17 +44,25 @@ __all__ = ["OneStepSD", "OneStepOutput", "AdapterSet", "LongPromptMode", "prompt
 
 LongPromptMode = Literal["truncate", "chunk"]
 
-_BASE_FILES = [
-    "model_index.json",
-    "scheduler/*.json",
-    "tokenizer/*",
-    "text_encoder/config.json",
-    "text_encoder/model.safetensors",
-    "unet/config.json",
-    "unet/diffusion_pytorch_model.safetensors",
-    "vae/config.json",
-    "vae/diffusion_pytorch_model.safetensors",
-]
+#: Hub allow-patterns of the files read from a diffusers-layout SD base, per part (the root's
+#: ``model_index.json``, then each component folder). Restorers that need only some parts select them
+#: with :func:`sd_base_files`.
+SD_BASE_FILES: dict[str, tuple[str, ...]] = {
+    "model_index": ("model_index.json",),
+    "scheduler": ("scheduler/*.json",),
+    "tokenizer": ("tokenizer/*",),
+    "text_encoder": ("text_encoder/config.json", "text_encoder/model.safetensors"),
+    "unet": ("unet/config.json", "unet/diffusion_pytorch_model.safetensors"),
+    "vae": ("vae/config.json", "vae/diffusion_pytorch_model.safetensors"),
+}
+
+
+def sd_base_files(*parts: str) -> list[str]:
+    """The allow-patterns of the named parts of :data:`SD_BASE_FILES` (every part when none is named)."""
+    return [pattern for part in parts or SD_BASE_FILES for pattern in SD_BASE_FILES[part]]
+
+
+_BASE_FILES = sd_base_files()
 _REQUIRED = ("unet/config.json", "vae/config.json", "text_encoder/config.json", "tokenizer", "scheduler")
 _COMPONENTS = ("unet", "vae")
 

@@ -36,6 +36,7 @@ from elqproj.colorfix import ColorFix, apply_color_fix
 from elqproj.errors import CheckpointMismatchError, InvalidInputError, WeightsNotFoundError
 from elqproj.hub import WeightsSpec, resolve_dir
 from elqproj.devices import resolve_device_dtype
+from elqproj.onestep import sd_base_files
 from elqproj.prompts.base import PromptExtractor, load_prompt_extractor
 
 from .image_attention import IMAGE_CROSS_ATTENTION_DIM
@@ -61,16 +62,10 @@ OFFICIAL_ADDED_PROMPT = "clean, high-resolution, 8k"
 OFFICIAL_NEGATIVE_PROMPT = "dotted, noise, blur, lowres, smooth"
 _COLOR_FIXES = ("adain", "wavelet", "none")
 
-_BASE_FILES = [
-    "model_index.json",
-    "scheduler/*.json",
-    "tokenizer/*",
-    "text_encoder/config.json",
-    "text_encoder/model.safetensors",
-    "vae/config.json",
-    "vae/diffusion_pytorch_model.safetensors",
-]
-_BASE_UNET_FILES = ["unet/config.json", "unet/diffusion_pytorch_model.safetensors"]
+# SeeSR brings its own UNet: the base UNet is fetched on its own, only when the SeeSR UNet file holds
+# just the image attentions (see load_seesr_unet).
+_BASE_FILES = sd_base_files("model_index", "scheduler", "tokenizer", "text_encoder", "vae")
+_BASE_UNET_FILES = sd_base_files("unet")
 _SEESR_FILES = ["unet/*", "controlnet/*"]
 
 
