@@ -269,6 +269,13 @@ def _resolve_config(config: RAMConfig | dict | str | os.PathLike | None, state: 
     return RAMConfig.from_official_dir(config, num_classes=num_classes)
 
 
+def _read_ram_state(weights: Any, revision: str | None) -> tuple[dict[str, torch.Tensor], str]:
+    """The official RAM state dict in ``weights`` (default :data:`RAM_WEIGHTS`) and where it was read."""
+    checkpoint, source = _resolve_checkpoint(RAM_WEIGHTS if weights is None else weights,
+                                             "ram_swin_large_14m.pth", revision, "RAM checkpoint")
+    return official_ram_state(checkpoint, source=source), source
+
+
 def _build_tagger(
     state: dict,
     source: str,
@@ -342,9 +349,7 @@ def load_ram(
         WeightsNotFoundError: the checkpoint, tag list or thresholds cannot be found (offline, wrong path).
         CheckpointMismatchError: the file is not a RAM checkpoint for this config / tag list.
     """
-    state_file, source = _resolve_checkpoint(RAM_WEIGHTS if weights is None else weights,
-                                             "ram_swin_large_14m.pth", revision, "RAM checkpoint")
-    state = official_ram_state(state_file, source=source)
+    state, source = _read_ram_state(weights, revision)
     return _build_tagger(state, source, name="ram", device=device, dtype=dtype, config=config, tag_list=tag_list,
                          tag_thresholds=tag_thresholds, threshold=threshold, separator=separator,
                          exclude_tags=exclude_tags, preprocessing=preprocessing)
@@ -383,10 +388,9 @@ def load_dape(
             "DAPE has no default download: SeeSR publishes DAPE.pth only on Google Drive "
             f"({DAPE_DOWNLOAD_PAGE}). Download it and pass weights='path/to/DAPE.pth'."
         )
-    ram_file, ram_source = _resolve_checkpoint(RAM_WEIGHTS if ram_weights is None else ram_weights,
-                                               "ram_swin_large_14m.pth", ram_revision, "RAM checkpoint")
+    ram_state, ram_source = _read_ram_state(ram_weights, ram_revision)
     lora, lora_source = _resolve_checkpoint(weights, "DAPE.pth", revision, "DAPE LoRA")
-    state = merge_dape_lora(official_ram_state(ram_file, source=ram_source), lora, source=lora_source)
+    state = merge_dape_lora(ram_state, lora, source=lora_source)
     return _build_tagger(state, f"{ram_source} + {lora_source}", name="dape", device=device, dtype=dtype,
                          config=config, tag_list=tag_list, tag_thresholds=tag_thresholds, threshold=threshold,
                          separator=separator, exclude_tags=exclude_tags, preprocessing=preprocessing)
