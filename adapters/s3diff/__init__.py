@@ -8,28 +8,15 @@
 * :mod:`.restorer`: checkpoint loading onto the shared one-step engine and the official inference.
 """
 
+from . import restorer
 from .degradation_estimator import DegradationEstimator
 from .modulation import DegradationModulation, DegradationModulator, LoRAModulation
-from .restorer import (
-    DE_NET_URL,
-    GUIDANCE_SCALE,
-    NEGATIVE_PROMPT,
-    POSITIVE_PROMPT,
-    S3DIFF_BASE,
-    S3DIFF_WEIGHTS,
-    S3DiffRestorer,
-)
+from .restorer import *  # noqa: F403  (the restorer's __all__: S3DiffRestorer and the official defaults)
 
 __all__ = [
-    "S3DiffRestorer",
+    *restorer.__all__,
     "DegradationEstimator",
     "DegradationModulator",
     "DegradationModulation",
     "LoRAModulation",
-    "S3DIFF_BASE",
-    "S3DIFF_WEIGHTS",
-    "DE_NET_URL",
-    "POSITIVE_PROMPT",
-    "NEGATIVE_PROMPT",
-    "GUIDANCE_SCALE",
 ]

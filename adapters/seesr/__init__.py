@@ -6,31 +6,18 @@ Modules: :mod:`.image_attention` (the RAM image cross-attention added to diffuse
 :class:`~elqproj.adapters.base.Restorer` interface).
 """
 
+from . import restorer
 from .models import SeeSRControlNetModel, SeeSRUNet2DConditionModel
-from .restorer import (
-    OFFICIAL_ADDED_PROMPT,
-    OFFICIAL_NEGATIVE_PROMPT,
-    SD2_BASE,
-    SEESR_DOWNLOAD_PAGE,
-    SeeSRRestorer,
-    official_prompt,
-    upscale_like_official,
-)
+from .restorer import *  # noqa: F403  (the restorer's __all__: SeeSRRestorer, the official defaults and preprocessing)
 from .sampler import SEESR_TILING, SeeSRConditioning, SeeSRStep, denoise, predict_noise
 
 __all__ = [
-    "SeeSRRestorer",
+    *restorer.__all__,
     "SeeSRUNet2DConditionModel",
     "SeeSRControlNetModel",
     "SeeSRConditioning",
     "SeeSRStep",
     "SEESR_TILING",
-    "SD2_BASE",
-    "SEESR_DOWNLOAD_PAGE",
-    "OFFICIAL_ADDED_PROMPT",
-    "OFFICIAL_NEGATIVE_PROMPT",
-    "official_prompt",
-    "upscale_like_official",
     "denoise",
     "predict_noise",
 ]
