@@ -17,13 +17,8 @@ passes), wavelet colour fix, tensor in and out::
 from __future__ import annotations
 
 import argparse
-import json
-import resource
-import statistics
 import sys
 import tempfile
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -37,6 +32,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from elqproj.adapters.s3diff import DegradationEstimator, S3DiffRestorer
 from elqproj.adapters.s3diff.modulation import UNET_BLOCKS, VAE_BLOCKS
 from elqproj.onestep import OneStepSD, resolve_device_dtype
+from timing import StageTimer, add_common_arguments, device_name, parse_arguments, report, time_calls  # same folder
 
 # Official S3Diff LoRA targets (s3diff_tile.py) and the CLI default ranks.
 UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0", "conv", "conv1", "conv2", "conv_shortcut", "conv_out",
@@ -112,25 +108,8 @@ def build_restorer(device: torch.device, dtype: torch.dtype, folder: Path) -> S3
     return S3DiffRestorer.from_pretrained(folder / "s3diff.pkl", de_net=folder / "de_net.pth", engine=engine)
 
 
-class Timer:
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.times = device, {}
-
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    @contextmanager
-    def stage(self, name: str):
-        self.sync()
-        start = time.perf_counter()
-        yield
-        self.sync()
-        self.times.setdefault(name, []).append(time.perf_counter() - start)
-
-
 @torch.no_grad()
-def stages(restorer: S3DiffRestorer, lq: torch.Tensor, size: int, timer: Timer) -> None:
+def stages(restorer: S3DiffRestorer, lq: torch.Tensor, size: int, timer: StageTimer) -> None:
     """The restore pipeline's model stages, timed one by one (same work as ``restore``)."""
     engine = restorer.engine
     lq = lq.to(engine.device)
@@ -149,54 +128,37 @@ def stages(restorer: S3DiffRestorer, lq: torch.Tensor, size: int, timer: Timer) 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
-    parser.add_argument("--dtype", default="fp16", help="fp32, fp16 or bf16 (fp16 needs CUDA)")
+    add_common_arguments(parser, dtype="fp16", warmup=1, repeats=5, dtype_help="fp32, fp16 or bf16 (fp16 needs CUDA)")
     parser.add_argument("--size", type=int, default=512, help="output side in pixels; the LQ input is size/4")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs (after one warm-up run)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: torch's)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_arguments(parser, argv)
 
     device, dtype = resolve_device_dtype(args.device, args.dtype)
     with tempfile.TemporaryDirectory() as folder:
         restorer = build_restorer(device, dtype, Path(folder))
     lq = torch.rand(1, 3, args.size // 4, args.size // 4, device=device)
-    timer = Timer(device)
 
-    def run() -> float:
-        timer.sync()
-        start = time.perf_counter()
+    def restore() -> None:
         out = restorer.restore(lq, seed=0)
-        timer.sync()
         assert out.shape[-1] == args.size
-        return time.perf_counter() - start
 
-    run()  # warm-up: kernel selection, allocator growth, prompt cache
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = [run() for _ in range(args.repeats)]
-    peak = (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    measurement = time_calls(restore, device, warmup=args.warmup, repeats=args.repeats)
+    timer = StageTimer(device)
     for _ in range(args.repeats):
         stages(restorer, lq, args.size, timer)
     lora = {c: sum(v.numel() for v in restorer.engine.adapter_state(restorer.adapter_set, c).values())
             for c in ("unet", "vae")}
     result = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": device_name(device),
         "dtype": str(dtype).removeprefix("torch."),
         "size": args.size,
         "cpu_threads": torch.get_num_threads(),
         "lora_parameters_millions": {c: round(n / 1e6, 1) for c, n in lora.items()},
-        "latency_ms_median": round(1000 * statistics.median(times), 1),
-        "latency_ms_all": [round(1000 * t, 1) for t in times],
-        "stage_ms_median": {k: round(1000 * statistics.median(v), 1) for k, v in timer.times.items()},
-        ("peak_gpu_memory_gib" if device.type == "cuda" else "peak_process_rss_gib"): round(peak, 3),
+        "latency_ms_median": round(1000 * measurement.median_s, 1),
+        "latency_ms_all": [round(1000 * t, 1) for t in measurement.seconds],
+        "stage_ms_median": timer.medians_ms(digits=1),
+        **measurement.memory_row(3),
     }
-    print(json.dumps(result, indent=1))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+    report(result, args.json)
     return result
 
 

@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -31,6 +28,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from elqproj.adapters.seesr import SeeSRControlNetModel, SeeSRRestorer, SeeSRUNet2DConditionModel
 from elqproj.devices import resolve_device_dtype
+from timing import add_common_arguments, device_name, parse_arguments, report, time_calls  # same folder
 
 _DOWN = ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
 _UP = ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
@@ -98,18 +96,13 @@ def parameter_count(module: torch.nn.Module) -> int:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
-    parser.add_argument("--dtype", default="fp32", help="fp32, fp16 or bf16 (the official script runs fp16)")
+    add_common_arguments(parser, dtype="fp32", warmup=1, repeats=3,
+                         dtype_help="fp32, fp16 or bf16 (the official script runs fp16)")
     parser.add_argument("--steps", type=int, default=50, help="denoising steps (official 50)")
     parser.add_argument("--size", type=int, default=512, help="output side in pixels; the LR input is size/4")
     parser.add_argument("--guidance-scale", type=float, default=5.5, help="CFG weight (official 5.5; 1 = no CFG)")
     parser.add_argument("--config", choices=["full", "tiny"], default="full", help="network sizes")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs (after one warm-up run)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: torch's)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_arguments(parser, argv)
 
     device, dtype = resolve_device_dtype(args.device, args.dtype)
     torch.manual_seed(0)
@@ -119,23 +112,14 @@ def main(argv: list[str] | None = None) -> dict:
     lq = torch.rand(1, 3, args.size // 4, args.size // 4)
     features = torch.randn(1, 145, 512)  # RAM Swin-L at 384 px: pooled token + 12 x 12 tokens
 
-    def run() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
+    def restore() -> None:
         out = restorer.restore(lq, prompt="bird, branch, tree", image_features=features, steps=args.steps,
                                guidance_scale=args.guidance_scale, process_size=args.size, progress=False)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
         assert out.shape[-1] == args.size
-        return time.perf_counter() - start
 
-    run()  # warm-up: kernel selection, allocator growth
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = [run() for _ in range(args.repeats)]
+    measurement = time_calls(restore, device, warmup=args.warmup, repeats=args.repeats)
     result = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": device_name(device),
         "dtype": str(dtype).removeprefix("torch."),
         "config": args.config,
         "size": args.size,
@@ -144,17 +128,12 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu_threads": torch.get_num_threads(),
         "parameters_millions": {name: round(parameter_count(getattr(restorer, name)) / 1e6, 1)
                                 for name in ("unet", "controlnet", "vae", "text_encoder")},
-        "latency_s_median": round(statistics.median(times), 4),
-        "latency_s_all": [round(t, 4) for t in times],
-        "ms_per_step": round(1000 * statistics.median(times) / args.steps, 2),
+        "latency_s_median": round(measurement.median_s, 4),
+        "latency_s_all": [round(t, 4) for t in measurement.seconds],
+        "ms_per_step": round(1000 * measurement.median_s / args.steps, 2),
+        **measurement.memory_row(3),
     }
-    if device.type == "cuda":
-        result["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
-    else:
-        result["peak_process_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
-    print(json.dumps(result, indent=1))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+    report(result, args.json)
     return result
 
 

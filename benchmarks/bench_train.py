@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import resource
-import statistics
 import sys
 import tempfile
 import time
@@ -42,6 +40,7 @@ from elqproj.adapters.base import Restorer, register_restorer
 from elqproj.adapters.osediff import OSEDiffRestorer
 from elqproj.onestep import resolve_device_dtype
 from elqproj.training import IRIBTrainer, load_config
+from timing import add_common_arguments, device_name, parse_arguments, print_row, time_calls, write_json  # same folder
 
 RESTORER_NAME = "bench-onestep"
 _MIXED = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}
@@ -111,44 +110,23 @@ def write_images(folder: Path, size: int, count: int) -> Path:
 
 
 def measure(trainer: IRIBTrainer, batch: dict, device: torch.device, warmup: int, repeats: int) -> dict:
-    def step() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        trainer.training_step(batch)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
-
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = [step() for _ in range(repeats)]
-    row = {"s_per_step_median": round(statistics.median(times), 4), "s_per_step_all": [round(t, 4) for t in times]}
-    if device.type == "cuda":
-        row["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-        row["peak_gpu_reserved_gib"] = round(torch.cuda.max_memory_reserved(device) / 2**30, 2)
-    else:
-        row["peak_process_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    measurement = time_calls(lambda: trainer.training_step(batch), device, warmup=warmup, repeats=repeats)
+    row = {"s_per_step_median": round(measurement.median_s, 4),
+           "s_per_step_all": [round(t, 4) for t in measurement.seconds], **measurement.memory_row(2)}
+    if measurement.peak_reserved_gib is not None:
+        row["peak_gpu_reserved_gib"] = round(measurement.peak_reserved_gib, 2)
     return row
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
-    parser.add_argument("--dtype", default="bf16", choices=sorted(_MIXED), help="mixed precision (fp32 = none)")
+    add_common_arguments(parser, dtype="bf16", warmup=2, repeats=5, dtype_choices=sorted(_MIXED),
+                         dtype_help="mixed precision (fp32 = none)")
     parser.add_argument("--config", choices=["full", "tiny"], default="full", help="network sizes")
     parser.add_argument("--size", type=int, default=512, help="crop side in pixels")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2], help="batch sizes per device")
     parser.add_argument("--checkpointing", choices=["on", "off"], nargs="+", default=["on", "off"])
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: torch's)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_arguments(parser, argv)
     device, dtype = resolve_device_dtype(args.device, args.dtype)
     diffusers_logging.set_verbosity_error()  # random models cast with .to(): nothing to warn about
     register_restorer(RESTORER_NAME, RandomOneStepRestorer, overwrite=True)
@@ -172,7 +150,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for checkpointing in args.checkpointing:
             trainer.set_gradient_checkpointing(checkpointing == "on")
             for batch_size in args.batches:
-                row = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                row = {"device": device_name(device),
                        "mixed_precision": args.dtype, "config": args.config, "size": args.size,
                        "batch": batch_size, "gradient_checkpointing": checkpointing == "on"}
                 batch = default_collate(items[:batch_size])
@@ -184,13 +162,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     trainer.regularizer_optimizer.zero_grad(set_to_none=True)
                     torch.cuda.empty_cache()
                 rows.append(row)
-                print(json.dumps(row), flush=True)
+                print_row(row)
     summary = {"setup_s": round(setup_s, 1), "base_parameters_millions": {k: round(v / 1e6, 1) for k, v in counts.items()},
                "trainable_parameters_millions": round(sum(p.numel() for p in trainer.student_parameters) / 1e6, 2),
                "regularizer_lora_millions": round(sum(p.numel() for p in trainer.regularizer.lora_parameters()) / 1e6, 2)}
-    print(json.dumps(summary), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "summary": summary}, indent=1))
+    print_row(summary)
+    write_json({"rows": rows, "summary": summary}, args.json)
     return rows
 
 
