@@ -11,30 +11,14 @@ timed separately. Prints one JSON line per measurement.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import time
+import statistics
+from collections.abc import Callable
 
 import torch
 
-from elqproj.degradations import DegradationPipeline
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _seconds_per_call(run, inputs: list, device: torch.device, warmup: int) -> float:
-    """Mean seconds of ``run(x)`` over ``inputs[warmup:]`` after running it on ``inputs[:warmup]``."""
-    for item in inputs[:warmup]:
-        run(item)
-    _synchronize(device)
-    start = time.perf_counter()
-    for item in inputs[warmup:]:
-        run(item)
-    _synchronize(device)
-    return (time.perf_counter() - start) / len(inputs[warmup:])
+from elqproj.degradations import DegradationParams, DegradationPipeline
+from timing import device_name, parse_arguments, print_row, time_calls  # same folder
 
 
 def main() -> None:
@@ -47,10 +31,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parse_arguments(parser)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     pipeline = DegradationPipeline(args.preset)
     generator = torch.Generator().manual_seed(args.seed)
@@ -58,20 +40,26 @@ def main() -> None:
     # Every repetition draws new params, so the timing averages over the preset's distribution.
     param_sets = [pipeline.sample(args.batch_size, generator) for _ in range(args.warmup + args.iters)]
 
-    def batched(params) -> None:
+    def batched(params: DegradationParams) -> None:
         pipeline.apply(hq, params)
 
-    def per_image(params) -> None:
+    def per_image(params: DegradationParams) -> None:
         for index, single in enumerate(params.split()):
             pipeline.apply(hq[index : index + 1], single)
 
-    sample_s = _seconds_per_call(lambda _: pipeline.sample(args.batch_size, generator), param_sets, device, args.warmup)
-    batched_s = _seconds_per_call(batched, param_sets, device, args.warmup)
-    loop_s = _seconds_per_call(per_image, param_sets, device, args.warmup)
+    def mean_seconds(run: Callable[[DegradationParams], object]) -> float:
+        """Mean seconds of ``run(params)`` over the timed param sets, after the warm-up ones."""
+        params = iter(param_sets)
+        measurement = time_calls(lambda: run(next(params)), device, warmup=args.warmup, repeats=args.iters)
+        return statistics.fmean(measurement.seconds)
+
+    sample_s = mean_seconds(lambda _: pipeline.sample(args.batch_size, generator))
+    batched_s = mean_seconds(batched)
+    loop_s = mean_seconds(per_image)
 
     context = {
         "preset": pipeline.config.name,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": device_name(device, cpu=platform.processor() or "cpu"),
         "threads": torch.get_num_threads(),
         "batch_size": args.batch_size,
         "size": args.size,
@@ -84,7 +72,7 @@ def main() -> None:
         "batched_speedup": loop_s / batched_s,
         "sample_ms_per_batch": 1000 * sample_s,
     }
-    print(json.dumps(context | {name: round(value, 3) for name, value in results.items()}))
+    print_row(context | {name: round(value, 3) for name, value in results.items()})
 
 
 if __name__ == "__main__":

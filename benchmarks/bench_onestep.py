@@ -16,10 +16,7 @@ Random weights give the same cost as real ones; the outputs are meaningless.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import time
-from contextlib import contextmanager
+from functools import partial
 
 import torch
 
@@ -30,6 +27,7 @@ from elqproj.pipeline import RestorationPipeline
 from elqproj.devices import resolve_device_dtype
 from elqproj.onestep import OneStepSD
 from elqproj.tiling import TilingConfig
+from timing import Measurement, StageTimer, device_name, print_row, time_calls  # same folder
 
 # stabilityai/stable-diffusion-2-1-base configs (unet/, vae/, text_encoder/ config.json), abridged to the
 # fields that differ from the library defaults.
@@ -69,22 +67,7 @@ def build_engine(device: torch.device, dtype: torch.dtype, tokenizer_dir: str | 
     return engine.to(device=device, dtype=dtype)
 
 
-class Timer:
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.times = device, {}
-
-    @contextmanager
-    def stage(self, name: str):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        yield
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        self.times.setdefault(name, []).append(time.perf_counter() - start)
-
-
-def one_step(engine: OneStepSD, set_name: str, x: torch.Tensor, prompt: str, timer: Timer, tag: str) -> None:
+def one_step(engine: OneStepSD, set_name: str, x: torch.Tensor, prompt: str, timer: StageTimer, tag: str) -> None:
     engine._prompt_cache.clear()  # measure the text encoder every time
     with engine.using(set_name):
         with timer.stage(f"{tag}.prompt"):
@@ -95,6 +78,17 @@ def one_step(engine: OneStepSD, set_name: str, x: torch.Tensor, prompt: str, tim
             eps = engine.predict_noise(latent, embeds)
         with timer.stage(f"{tag}.vae_dec"):
             engine.decode_latent(engine.x0_from_noise(latent, eps)).clamp(-1, 1)
+
+
+def project_steps(engine: OneStepSD, projectors: dict[str, Projector], x: torch.Tensor, timer: StageTimer) -> None:
+    """One step of each projector in turn (``f`` then ``g``), stages timed under the projector's tag."""
+    for tag, projector in projectors.items():
+        one_step(engine, projector.adapter_set, x, "dog, gray", timer, tag)
+
+
+def memory_columns(measurement: Measurement) -> dict:
+    """This script's peak-memory columns (CUDA only): allocated GiB under ``peak_mem_gb``."""
+    return {"peak_mem_gb": round(measurement.peak_gib, 2)} if measurement.on_gpu else {}
 
 
 @torch.no_grad()
@@ -108,26 +102,17 @@ def run(args: argparse.Namespace) -> list[dict]:
         for size in args.sizes:
             engine.tiling = TilingConfig(mode="auto")
             x = torch.rand(1, 3, size, size, device=device, dtype=dtype) * 2 - 1
-            for scenario in ("g", "f+g"):
-                timer = Timer(device)
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats()
-                for i in range(args.warmup + args.repeats):
-                    if i == args.warmup:
-                        timer.times.clear()
-                        if device.type == "cuda":
-                            torch.cuda.reset_peak_memory_stats()
-                    with timer.stage("total"):
-                        if scenario == "f+g":
-                            one_step(engine, f.adapter_set, x, "dog, gray", timer, "f")
-                        one_step(engine, g.adapter_set, x, "dog, gray", timer, "g")
+            for scenario, projectors in (("g", {"g": g}), ("f+g", {"f": f, "g": g})):
+                timer = StageTimer(device)
+                steps = partial(project_steps, engine, projectors, x, timer)
+                measurement = time_calls(steps, device, warmup=args.warmup, repeats=args.repeats)
                 row = {"scenario": scenario, "size": size, "dtype": dtype_name, "device": str(device),
-                       **{k: round(statistics.median(v) * 1000, 2) for k, v in timer.times.items()}}
-                if device.type == "cuda":
-                    row["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-                    row["gpu"] = torch.cuda.get_device_name()
+                       **timer.medians_ms(digits=2, skip=args.warmup),
+                       "total": round(1000 * measurement.median_s, 2), **memory_columns(measurement)}
+                if measurement.on_gpu:
+                    row["gpu"] = device_name(device)
                 rows.append(row)
-                print(json.dumps(row), flush=True)
+                print_row(row)
             if args.lfo is not None and size <= 1024:
                 rows.append(pipeline_row(engine, f, g, size, dtype_name, args))
         del engine, f, g
@@ -143,19 +128,17 @@ def pipeline_row(engine: OneStepSD, f: Projector, g: Projector, size: int, dtype
     tagger = build_tagger(CONFIGS[args.tagger], device, engine.dtype, "seesr")
     pipe = RestorationPipeline(f, OSEDiffRestorer(engine, g.adapter_set))
     image = torch.rand(1, 3, size, size)
-    timings: dict[str, list[float]] = {}
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    for i in range(args.warmup + args.repeats):
+    timer = StageTimer(device)
+
+    def restore() -> None:
         result = pipe(image, prompt=tagger, lfo=args.lfo, seed=0, process_size=0, restorer_kwargs={"color_fix": "none"})
-        if i >= args.warmup:
-            for key, value in result.timings.items():
-                timings.setdefault(key, []).append(value)
+        for stage, seconds in result.timings.items():
+            timer.record(stage, seconds)
+
+    measurement = time_calls(restore, device, warmup=args.warmup, repeats=args.repeats)
     row = {"scenario": f"pipeline lfo={args.lfo} tagger={args.tagger}", "size": size, "dtype": dtype_name,
-           "device": str(device), **{k: round(statistics.median(v) * 1000, 2) for k, v in timings.items()}}
-    if device.type == "cuda":
-        row["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    print(json.dumps(row), flush=True)
+           "device": str(device), **timer.medians_ms(digits=2, skip=args.warmup), **memory_columns(measurement)}
+    print_row(row)
     return row
 
 
