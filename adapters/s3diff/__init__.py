@@ -11,7 +11,8 @@
 from . import restorer
 from .degradation_estimator import DegradationEstimator
 from .modulation import DegradationModulation, DegradationModulator, LoRAModulation
-from .restorer import *  # noqa: F401, F403  (the restorer's __all__: S3DiffRestorer and the official defaults)
+# The restorer's __all__: S3DiffRestorer and the official defaults.
+from .restorer import *  # noqa: F401, F403
 
 __all__ = [
     *restorer.__all__,

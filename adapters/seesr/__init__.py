@@ -8,7 +8,8 @@ Modules: :mod:`.image_attention` (the RAM image cross-attention added to diffuse
 
 from . import restorer
 from .models import SeeSRControlNetModel, SeeSRUNet2DConditionModel
-from .restorer import *  # noqa: F401, F403  (the restorer's __all__: SeeSRRestorer, the official defaults and preprocessing)
+# The restorer's __all__: SeeSRRestorer, the official defaults and the official preprocessing.
+from .restorer import *  # noqa: F401, F403
 from .sampler import SEESR_TILING, SeeSRConditioning, SeeSRStep, denoise, predict_noise
 
 __all__ = [
