@@ -6,10 +6,14 @@ guided by the :class:`ImageMeta` that :func:`to_tensor` records: PIL mode, numpy
 torch batching/dtype/device, the alpha channel (carried through and resized to the output) and the
 EXIF block (orientation already applied and reset, to write back on save).
 
+PIL has no 16-bit colour mode, so 16-bit RGB(A) PNG and TIFF files are decoded with OpenCV into an
+:class:`ImageArray` (a uint16 numpy array with a PIL-style ``info`` dict) and written back at 16
+bits by :func:`save_image`.
+
 Conventions
 -----------
 * Float images are in ``[0, 1]``; integer images are scaled by their full range (255 for 8-bit,
-  65535 for 16-bit), so 16-bit inputs keep their precision.
+  65535 for 16-bit), so 16-bit inputs (gray or colour, files or arrays) keep their precision.
 * Float to integer conversion rounds to nearest and clamps (``round(clamp(x, 0, 1) * 255)``). The
   official OSEDiff/S3Diff scripts truncate instead (torchvision ``ToPILImage``); adapters that must
   reproduce them bit for bit convert themselves before calling :func:`from_tensor`.
@@ -27,7 +31,7 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, BinaryIO, Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -40,6 +44,7 @@ __all__ = [
     "MAX_PIXELS_DEFAULT",
     "RANGE_TOLERANCE",
     "ImageMeta",
+    "ImageArray",
     "resolve_max_pixels",
     "load_image",
     "save_image",
@@ -80,6 +85,11 @@ _ACCEPTED_TYPES = (
 )
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+#: Formats that store 16 bits per channel; JPEG, WebP and BMP store 8.
+_SIXTEEN_BIT_FORMATS = ("PNG", "TIFF")
+_EXIF_ORIENTATION = 0x0112
+_PNG_COLOUR_TYPES_RGB = (2, 6)  # IHDR colour types: 2 = RGB, 6 = RGBA
+_TIFF_BITS_PER_SAMPLE, _TIFF_PHOTOMETRIC, _TIFF_EXTRA_SAMPLES, _TIFF_SAMPLE_FORMAT = 258, 262, 338, 339
 _GRAY_MODES = ("1", "L", "LA", "La", "I", "F", *_SIXTEEN_BIT_MODES)
 _NATIVE_MODES = ("L", "LA", "RGB", "RGBA", "I", "F", *_SIXTEEN_BIT_MODES)
 
@@ -89,7 +99,8 @@ class ImageMeta:
     """Everything :func:`from_tensor` needs to give a result back in the caller's form.
 
     Attributes:
-        kind: ``"pil"`` (PIL images and file paths), ``"numpy"`` or ``"torch"``.
+        kind: ``"pil"`` (PIL images and file paths), ``"numpy"`` (arrays, and 16-bit colour files,
+            read as :class:`ImageArray`) or ``"torch"``.
         batched: True for ``(B, C, H, W)`` tensors and for lists; False for a single image.
         size: ``(H, W)`` of the input.
         mode: PIL mode of a PIL input (``"RGB"``, ``"L"``, ``"RGBA"``, ``"P"``, ``"CMYK"``,
@@ -98,9 +109,9 @@ class ImageMeta:
             alpha. For a list where only some items have alpha, the others are opaque (1.0).
         dtype: numpy dtype name for numpy input (``"uint8"``, ``"uint16"``, ``"float32"``, ...),
             torch dtype name for torch input (``"float32"``, ``"bfloat16"``, ...), else None.
-        exif: EXIF block of a PIL input with the orientation tag removed (the pixels are already
-            upright), or None.
-        icc_profile: ICC profile of a PIL input, or None.
+        exif: EXIF block of a PIL input or an :class:`ImageArray` with the orientation tag removed
+            (the pixels are already upright), or None.
+        icc_profile: ICC profile of a PIL input or an :class:`ImageArray`, or None.
         channels: channel count of the input (1 for grayscale, 2 for gray + alpha, 3, or 4).
         layout: array layout of numpy/torch input (``"HW"``, ``"HWC"``, ``"CHW"``, ``"BCHW"``),
             None for PIL.
@@ -122,6 +133,28 @@ class ImageMeta:
     device: str | None = None
     batch_size: int = 1
     items: tuple[ImageMeta, ...] | None = None
+
+
+class ImageArray(np.ndarray):
+    """A numpy image with a PIL-style ``info`` dict: how elqproj holds 16-bit colour, which no PIL mode does.
+
+    :func:`load_image` returns one for a 16-bit RGB(A) PNG or TIFF: dtype uint16, shape ``(H, W, 3)``
+    or ``(H, W, 4)`` in RGB(A) channel order, upright, with ``info["exif"]`` (orientation tag removed)
+    and ``info["icc_profile"]`` when the file has them. In every other respect it is a numpy array
+    (views, copies and arithmetic results keep ``info``). :func:`to_tensor` records ``info`` in
+    :class:`ImageMeta`, :func:`from_tensor` gives the result back as an ``ImageArray`` with the same
+    ``info``, and :func:`save_image` writes ``info`` into the file, as for PIL images.
+    """
+
+    info: dict[str, Any]
+
+    def __new__(cls, array: np.ndarray, info: dict[str, Any] | None = None) -> ImageArray:
+        image = np.asarray(array).view(cls)
+        image.info = dict(info or {})
+        return image
+
+    def __array_finalize__(self, source: Any) -> None:
+        self.info = dict(getattr(source, "info", None) or {})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,12 +212,21 @@ def expand_image_paths(items: Sequence[str | os.PathLike]) -> list[Path]:
     return list(unique)
 
 
-def load_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Image.Image:
-    """Read an image file into a fully loaded PIL image, upright (EXIF orientation applied).
+def load_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Image.Image | ImageArray:
+    """Read an image file, fully decoded and upright (EXIF orientation applied).
 
-    The pixel count is checked from the header before any pixel is decoded. The mode is left as
-    stored (``"RGB"``, ``"L"``, ``"I;16"``, ``"P"``, ...); :func:`to_tensor` handles every mode.
-    The returned image's ``info["exif"]`` (if any) no longer carries an orientation tag.
+    The pixel count is checked from the header before any pixel is decoded. Most files come back as
+    a PIL image in the mode they are stored in (``"RGB"``, ``"L"``, ``"I;16"``, ``"P"``, ...), whose
+    ``info["exif"]`` (if any) no longer carries an orientation tag.
+
+    16-bit colour files, which PIL would cut to 8 bits, come back as an :class:`ImageArray` (uint16,
+    ``(H, W, 3)`` or ``(H, W, 4)``, RGB(A) order) decoded with OpenCV: PNGs of bit depth 16 and
+    colour type RGB or RGBA, and RGB TIFFs with three unsigned 16-bit samples per pixel, or four
+    where the fourth is unassociated alpha (or untagged, as OpenCV writes it). Orientation: a PNG's
+    EXIF orientation (``eXIf`` chunk) is applied here and removed from ``info["exif"]``; a TIFF's
+    Orientation tag (274) is applied by OpenCV's TIFF decoder; an orientation given only in XMP is
+    not read for these files. ``info["icc_profile"]`` holds the file's ICC profile. Other 16-bit
+    colour layouts (premultiplied alpha, signed samples, gray + alpha) are read by PIL at 8 bits.
 
     Raises:
         InvalidInputError: the path does not exist or is a directory.
@@ -201,6 +243,8 @@ def load_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Ima
         with Image.open(path) as image:
             width, height = image.size
             _check_pixel_count(height, width, max_pixels, f"image {str(path)!r}")
+            if _is_16_bit_colour(image, path):
+                return _decode_16_bit_colour(path, icc_profile=image.info.get("icc_profile"))
             image.load()
             return ImageOps.exif_transpose(image)
     except Image.DecompressionBombError as err:
@@ -218,64 +262,230 @@ def load_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Ima
         ) from None
 
 
-def save_image(image: Image.Image, path: str | os.PathLike, *, exif: bytes | None = None, **options: Any) -> Path:
+def _is_16_bit_colour(header: Image.Image, path: Path) -> bool:
+    """True for the 16-bit colour layouts OpenCV decodes exactly; read from the header alone."""
+    if header.format == "PNG":
+        with open(path, "rb") as handle:
+            signature_and_ihdr = handle.read(26)
+        # The IHDR chunk comes first in every PNG: bit depth and colour type are bytes 24 and 25.
+        return signature_and_ihdr[24] == 16 and signature_and_ihdr[25] in _PNG_COLOUR_TYPES_RGB
+    if header.format == "TIFF":
+        tags = header.tag_v2
+        bits = _as_tuple(tags.get(_TIFF_BITS_PER_SAMPLE, (1,)))
+        unsigned = all(kind == 1 for kind in _as_tuple(tags.get(_TIFF_SAMPLE_FORMAT, (1,))))
+        # A fourth sample is alpha when tagged unassociated (2) or, as OpenCV writes it, not tagged
+        # (PIL reads both as RGBA). Associated (premultiplied) alpha would come out of OpenCV still
+        # multiplied, so those files stay with PIL, which divides it out.
+        extra = _as_tuple(tags.get(_TIFF_EXTRA_SAMPLES, ()))
+        layout = (len(bits), extra) in ((3, ()), (4, ()), (4, (2,)))
+        return tags.get(_TIFF_PHOTOMETRIC) == 2 and layout and unsigned and set(bits) == {16}
+    return False
+
+
+def _as_tuple(value: Any) -> tuple:
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _decode_16_bit_colour(path: Path, *, icc_profile: bytes | None) -> ImageArray:
+    """A 16-bit RGB(A) PNG or TIFF -> upright uint16 ImageArray (H, W, 3 | 4) in RGB(A) order."""
+    import cv2  # on first use: only these files need OpenCV, which takes a quarter second to import
+
+    try:
+        # Decoding the bytes rather than the path: cv2.imread cannot open non-ASCII paths on Windows.
+        # flags by name: OpenCV 4.13 and 5 place it differently among the positional arguments.
+        pixels, kinds, chunks = cv2.imdecodeWithMetadata(np.fromfile(path, dtype=np.uint8), flags=cv2.IMREAD_UNCHANGED)
+    except cv2.error as err:
+        raise ValueError(f"OpenCV: {err}") from None
+    if pixels is None or pixels.dtype != np.uint16 or pixels.ndim != 3 or pixels.shape[2] not in (3, 4):
+        found = "nothing" if pixels is None else f"{pixels.dtype} pixels of shape {pixels.shape}"
+        raise ValueError(f"OpenCV decoded {found}, not 16-bit colour")
+    pixels = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB if pixels.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
+    info: dict[str, Any] = {"icc_profile": icc_profile} if icc_profile else {}
+    # OpenCV gives a PNG's eXIf chunk (IMREAD_UNCHANGED leaves its orientation to us) but no EXIF for
+    # TIFF, whose Orientation tag its TIFF decoder has already applied.
+    exif_block = next((bytes(chunk) for kind, chunk in zip(kinds, chunks) if kind == cv2.IMAGE_METADATA_EXIF), None)
+    if exif_block:
+        exif = Image.Exif()
+        exif.load(exif_block)
+        orientation = exif.get(_EXIF_ORIENTATION, 1)
+        if _EXIF_ORIENTATION in exif:  # re-serialised only then, as ImageOps.exif_transpose does
+            del exif[_EXIF_ORIENTATION]
+            info["exif"] = exif.tobytes()
+        else:
+            info["exif"] = b"Exif\x00\x00" + exif_block  # the form PIL keeps in info["exif"]
+        pixels = _exif_upright(pixels, orientation)
+    return ImageArray(pixels, info)
+
+
+def _exif_upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """(H, W, C) pixels as stored -> as displayed for EXIF orientation 1..8, as ImageOps.exif_transpose.
+
+    Written by hand: PIL's table applies to PIL images only, and PIL has no 16-bit colour mode.
+    """
+    if orientation in (5, 6, 7, 8):  # stored rows are displayed columns
+        pixels = pixels.swapaxes(0, 1)
+    if orientation in (3, 4, 7, 8):
+        pixels = pixels[::-1]
+    if orientation in (2, 3, 6, 7):
+        pixels = pixels[:, ::-1]
+    return np.ascontiguousarray(pixels)
+
+
+def save_image(
+    image: Image.Image | np.ndarray,
+    path: str | os.PathLike,
+    *,
+    exif: bytes | None = None,
+    bit_depth: Literal[8, 16] | None = None,
+    **options: Any,
+) -> Path:
     """Write ``image`` to ``path`` atomically; the format comes from the suffix.
 
     The image is written to a temporary file in the target folder and moved into place with
     ``os.replace``, so ``path`` either keeps its previous content or holds the complete new file,
     never a partial one. Parent folders are created.
 
+    16-bit data (uint16 arrays such as an :class:`ImageArray`, and ``"I;16"`` PIL images) is written
+    with 16 bits per channel to PNG and TIFF (colour through OpenCV, gray through PIL); JPEG, WebP and
+    BMP store 8 bits per channel, so for them it is reduced to 8 bits (rounded to nearest, as
+    :func:`from_tensor` rounds). OpenCV's TIFF encoder stores no EXIF or ICC profile: a 16-bit
+    colour TIFF is written without them, and an RGBA one without the ExtraSamples tag (PIL, OpenCV and
+    :func:`load_image` read its fourth channel as alpha all the same); write PNG to keep them.
+
     Args:
-        image: the image to write.
+        image: a PIL image, or a numpy array ``(H, W)`` or ``(H, W, C)`` with C in {1, 3, 4} (RGB(A)
+            order), dtype uint8 or uint16, as :func:`from_tensor` returns for uint8/uint16 input.
         path: target file; suffix ``.png``, ``.jpg``/``.jpeg``, ``.webp``, ``.tif``/``.tiff`` or ``.bmp``.
         exif: EXIF block to embed (e.g. ``ImageMeta.exif``); defaults to ``image.info["exif"]``.
             Ignored by BMP.
+        bit_depth: None (default) keeps 16-bit data at 16 bits where the format stores them; 8
+            writes 8 bits per channel; 16 insists on 16 bits and raises where that is impossible.
         **options: passed to ``PIL.Image.Image.save`` (JPEG and WebP default to ``quality=95``).
+            A 16-bit colour image is encoded by OpenCV, which takes only ``icc_profile``.
 
     Returns:
         The absolute path written.
 
     Raises:
-        InvalidInputError: unknown suffix, or a mode the format cannot store (e.g. RGBA as JPEG).
+        InvalidInputError: unknown suffix, an array that is not an 8/16-bit image, a mode the format
+            cannot store (e.g. RGBA as JPEG), ``bit_depth=16`` for 8-bit data or an 8-bit format,
+            or PIL save options for a 16-bit colour image.
     """
-    if not isinstance(image, Image.Image):
-        raise InvalidInputError(f"save_image expects a PIL.Image.Image, got {type(image).__name__}; "
+    if not isinstance(image, (Image.Image, np.ndarray)):
+        raise InvalidInputError(f"save_image expects a PIL.Image.Image or a numpy array, got {type(image).__name__}; "
                                 "convert tensors with from_tensor first")
+    if bit_depth not in (None, 8, 16):
+        raise InvalidInputError(f"bit_depth must be 8, 16 or None (the image's own), got {bit_depth!r}")
     path = Path(path).absolute()
     file_format = _SAVE_FORMATS.get(path.suffix.lower())
     if file_format is None:
         raise InvalidInputError(
             f"cannot tell the image format from {path.name!r}; use one of the suffixes {sorted(_SAVE_FORMATS)}"
         )
+    info = getattr(image, "info", None) or {}
+    exif = exif if exif is not None else info.get("exif")
+    if isinstance(image, np.ndarray):
+        _check_savable_array(image)
+    sixteen_bit = image.dtype == np.uint16 if isinstance(image, np.ndarray) else image.mode in _SIXTEEN_BIT_MODES
+    if bit_depth == 16 and not (sixteen_bit and file_format in _SIXTEEN_BIT_FORMATS):
+        what = f"{file_format} stores 8 bits per channel" if sixteen_bit else "the image holds 8-bit data"
+        raise InvalidInputError(
+            f"bit_depth=16 cannot be written to {str(path)!r}: {what}; save 16-bit data (a uint16 array, e.g. "
+            "from_tensor's result for a 16-bit input) as .png or .tiff"
+        )
+    if sixteen_bit and (bit_depth == 8 or file_format not in _SIXTEEN_BIT_FORMATS):
+        image = _reduce_to_8_bit(np.asarray(image))
+    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] in (3, 4) and image.dtype == np.uint16:
+        data = _encode_16_bit_colour(image, file_format, exif=exif, options=options,
+                                     icc_profile=options.get("icc_profile", info.get("icc_profile")))
+        _write_atomically(path, lambda handle: handle.write(data))
+        return path
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image)
+
     params = {**_SAVE_DEFAULTS.get(file_format, {}), **options}
-    exif = exif if exif is not None else image.info.get("exif")
     if exif:
         params["exif"] = exif
-    if image.info.get("icc_profile"):
-        params.setdefault("icc_profile", image.info["icc_profile"])
+    if info.get("icc_profile"):
+        params.setdefault("icc_profile", info["icc_profile"])
+    try:
+        _write_atomically(path, lambda handle: image.save(handle, format=file_format, **params))
+    except (KeyError, ValueError, OSError) as err:
+        # PIL reports a mode the format cannot store as an OSError without errno (or a KeyError);
+        # genuine I/O failures (disk full, permissions) carry an errno and propagate unchanged.
+        if isinstance(err, OSError) and err.errno is not None:
+            raise
+        raise InvalidInputError(
+            f"cannot write a mode-{image.mode} image as {file_format} to {str(path)!r} "
+            f"({type(err).__name__}: {err}); choose a format that stores this mode (.png, .tiff) "
+            "or convert the image first"
+        ) from err
+    return path
 
+
+def _check_savable_array(array: np.ndarray) -> None:
+    channels = array.shape[2] if array.ndim == 3 else 1
+    if array.dtype not in (np.uint8, np.uint16) or array.ndim not in (2, 3) or channels not in (1, 3, 4):
+        raise InvalidInputError(
+            f"save_image takes numpy images (H, W) or (H, W, C) with C in {{1, 3, 4}} and dtype uint8 or uint16, "
+            f"got {array.dtype} of shape {array.shape}; convert float data in [0, 1] with "
+            "(x * 255).round().astype(np.uint8), or use from_tensor, which returns the input's dtype"
+        )
+
+
+def _reduce_to_8_bit(values: np.ndarray) -> np.ndarray:
+    """uint16 -> uint8, rounded to nearest: round(v / 257), since 65535 = 257 * 255 (never a tie)."""
+    return ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)
+
+
+def _encode_16_bit_colour(
+    rgb: np.ndarray, file_format: str, *, exif: bytes | None, icc_profile: bytes | None, options: dict[str, Any]
+) -> bytes:
+    """(H, W, 3 | 4) uint16 RGB(A) -> PNG or TIFF file bytes, with EXIF and ICC profile in PNG."""
+    import cv2  # on first use, as in _decode_16_bit_colour
+
+    unsupported = sorted(set(options) - {"icc_profile"})
+    if unsupported:
+        raise InvalidInputError(
+            f"save options {unsupported} are PIL options, but 16-bit colour images are encoded by OpenCV, "
+            "which takes only icc_profile; drop them, or pass bit_depth=8 to write through PIL"
+        )
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR if rgb.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+    kinds, chunks = [], []
+    if file_format == "PNG":
+        if exif:
+            kinds.append(cv2.IMAGE_METADATA_EXIF)  # an eXIf chunk starts at the TIFF header: libpng rejects the prefix
+            chunks.append(np.frombuffer(exif.removeprefix(b"Exif\x00\x00"), dtype=np.uint8))
+        if icc_profile:
+            kinds.append(cv2.IMAGE_METADATA_ICCP)
+            chunks.append(np.frombuffer(icc_profile, dtype=np.uint8))
+    failure = f"OpenCV could not encode a 16-bit {rgb.shape[2]}-channel image as {file_format}"
+    with_icc = file_format == "PNG" and icc_profile
+    hint = f"; if its ICC profile ({len(icc_profile)} bytes) is invalid, pass icc_profile=None" if with_icc else ""
+    try:
+        encoded, buffer = cv2.imencodeWithMetadata(".png" if file_format == "PNG" else ".tiff", bgr, kinds, chunks)
+    except cv2.error as err:
+        raise InvalidInputError(f"{failure} ({err}){hint}") from None
+    if not encoded:
+        raise InvalidInputError(failure + hint)
+    return buffer.tobytes()
+
+
+def _write_atomically(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Run ``write`` on a hidden temporary file next to ``path``, then move it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # A hidden name in the same folder, so os.replace is an atomic rename on the same file system;
     # open(..., "xb") creates it with the usual umask permissions (mkstemp would force 0600).
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
         with open(tmp, "xb") as handle:
-            image.save(handle, format=file_format, **params)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException as err:
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        # PIL reports a mode the format cannot store as an OSError without errno (or a KeyError);
-        # genuine I/O failures (disk full, permissions) carry an errno and propagate unchanged.
-        if isinstance(err, (KeyError, ValueError)) or (isinstance(err, OSError) and err.errno is None):
-            raise InvalidInputError(
-                f"cannot write a mode-{image.mode} image as {file_format} to {str(path)!r} "
-                f"({type(err).__name__}: {err}); choose a format that stores this mode (.png, .tiff) "
-                "or convert the image first"
-            ) from err
         raise
-    return path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -418,16 +628,26 @@ def _from_numpy(array: np.ndarray, max_pixels: int | None) -> tuple[torch.Tensor
         )
     _check_pixel_count(hwc.shape[0], hwc.shape[1], max_pixels, f"numpy image of shape {array.shape}")
     tensor, alpha = _array_to_tensor(hwc, scale, f"numpy image ({array.dtype})")
+    info = array.info if isinstance(array, ImageArray) else {}
     meta = ImageMeta(
         kind="numpy",
         batched=False,
         size=(hwc.shape[0], hwc.shape[1]),
         alpha=alpha,
         dtype=array.dtype.name,
+        exif=info.get("exif") or None,
+        icc_profile=info.get("icc_profile") or None,
         channels=channels,
         layout=layout,
     )
     return tensor, meta
+
+
+def _from_file(path: str | os.PathLike, max_pixels: int | None) -> tuple[torch.Tensor, ImageMeta]:
+    image = load_image(path, max_pixels=max_pixels)
+    if isinstance(image, ImageArray):  # 16-bit colour
+        return _from_numpy(image, max_pixels)
+    return _from_pil(image, max_pixels, f"image {str(path)!r}")
 
 
 def _from_torch(x: torch.Tensor, max_pixels: int | None) -> tuple[torch.Tensor, ImageMeta]:
@@ -462,13 +682,14 @@ def _from_list(items: Sequence[Any], max_pixels: int | None) -> tuple[torch.Tens
     tensors, metas = [], []
     for index, item in enumerate(items):
         if isinstance(item, (str, os.PathLike)):
-            item = load_image(item, max_pixels=max_pixels)
-        if not isinstance(item, Image.Image):
+            tensor, meta = _from_file(item, max_pixels)
+        elif isinstance(item, Image.Image):
+            tensor, meta = _from_pil(item, max_pixels, f"list item {index}")
+        else:
             raise InvalidInputError(
                 f"list item {index} is a {type(item).__name__}; a list may hold PIL images or file paths only "
                 "(stack tensors into one (B, 3, H, W) tensor instead)"
             )
-        tensor, meta = _from_pil(item, max_pixels, f"list item {index}")
         tensors.append(tensor)
         metas.append(meta)
     sizes = {meta.size for meta in metas}
@@ -496,10 +717,11 @@ def _from_list(items: Sequence[Any], max_pixels: int | None) -> tuple[torch.Tens
 def to_tensor(images: Any, *, max_pixels: int | None = None) -> tuple[torch.Tensor, ImageMeta]:
     """Convert any supported image input to a float32 ``(B, 3, H, W)`` tensor in [0, 1].
 
-    Accepts a PIL image; an image file path (str or os.PathLike, read with :func:`load_image`); a
-    numpy array ``(H, W)`` or ``(H, W, C)`` with C in {1, 3, 4}, dtype uint8 (/255), uint16
-    (/65535) or float in [0, 1]; a float torch tensor ``(3, H, W)``, ``(B, 3, H, W)``,
-    ``(1, H, W)`` or ``(B, 1, H, W)`` in [0, 1]; or a list of PIL images / paths of one size.
+    Accepts a PIL image; an image file path (str or os.PathLike, read with :func:`load_image`: a
+    16-bit colour file is an :class:`ImageArray` from then on); a numpy array ``(H, W)`` or
+    ``(H, W, C)`` with C in {1, 3, 4}, dtype uint8 (/255), uint16 (/65535) or float in [0, 1]; a
+    float torch tensor ``(3, H, W)``, ``(B, 3, H, W)``, ``(1, H, W)`` or ``(B, 1, H, W)`` in [0, 1];
+    or a list of PIL images / paths of one size.
 
     Grayscale becomes three equal channels; an alpha channel (RGBA, LA, palette transparency,
     4-channel arrays) is split off into ``meta.alpha``; palette and CMYK/YCbCr/LAB/HSV become RGB(A);
@@ -519,7 +741,7 @@ def to_tensor(images: Any, *, max_pixels: int | None = None) -> tuple[torch.Tens
     if isinstance(images, Image.Image):
         return _from_pil(images, max_pixels, "PIL image")
     if isinstance(images, (str, os.PathLike)):
-        return _from_pil(load_image(images, max_pixels=max_pixels), max_pixels, f"image {str(images)!r}")
+        return _from_file(images, max_pixels)
     if isinstance(images, np.ndarray):
         return _from_numpy(images, max_pixels)
     if isinstance(images, torch.Tensor):
@@ -586,7 +808,11 @@ def _to_numpy(image: torch.Tensor, meta: ImageMeta) -> np.ndarray:
         array = _quantize(hwc, 65535, dtype)
     else:
         array = hwc.clamp(0, 1).numpy().astype(dtype)
-    return array[:, :, 0] if meta.layout == "HW" else array
+    array = array[:, :, 0] if meta.layout == "HW" else array
+    if meta.exif or meta.icc_profile:  # the input was an ImageArray carrying them
+        info = {"exif": meta.exif, "icc_profile": meta.icc_profile}
+        return ImageArray(array, {key: value for key, value in info.items() if value})
+    return array
 
 
 def _to_torch(images: torch.Tensor, meta: ImageMeta) -> torch.Tensor:
@@ -611,8 +837,10 @@ def from_tensor(images: torch.Tensor, meta: ImageMeta) -> Any:
           (``"LA"`` with alpha), 16-bit inputs ``"I;16"`` (``"I"``/``"F"`` inputs keep their mode);
           palette/CMYK/other colour modes give RGB(A). ``info["exif"]``/``["icc_profile"]`` are set
           from the input so :func:`save_image` writes them back.
-        * numpy input: an array with the input's dtype and layout (``(H', W')`` for 2-D input,
-          ``(H', W', C)`` otherwise, alpha re-attached for 4 channels).
+        * numpy input (and 16-bit colour files, read as :class:`ImageArray`): an array with the
+          input's dtype and layout (``(H', W')`` for 2-D input, ``(H', W', C)`` otherwise, alpha
+          re-attached for 4 channels); an :class:`ImageArray` with the input's ``info["exif"]`` /
+          ``["icc_profile"]`` when the input carried them, so :func:`save_image` writes them back.
         * torch input: a tensor with the input's batching, channel count, dtype and device.
         Integer outputs are rounded to nearest, not truncated.
 

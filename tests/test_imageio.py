@@ -7,14 +7,16 @@ import struct
 import zlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageCms, ImageOps
 
 from elqproj.errors import ConfigError, ImageDecodeError, ImageTooLargeError, InvalidInputError
 from elqproj.imageio import (
     MAX_PIXELS_DEFAULT,
+    ImageArray,
     check_image_tensor,
     crop_padding,
     from_tensor,
@@ -322,13 +324,13 @@ def test_unreadable_file_is_an_image_decode_error_naming_the_file(tmp_path, kind
         load_image(path)
 
 
-def _png_header_only(width: int, height: int) -> bytes:
+def _png_header_only(width: int, height: int, *, bit_depth: int = 8, colour_type: int = 0) -> bytes:
     """A PNG whose header claims width x height, with a tiny (invalid) body: a bomb's signature."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
@@ -422,3 +424,190 @@ def test_check_image_tensor_returns_the_tensor_or_names_the_problem():
     assert check_image_tensor(x) is x
     with pytest.raises(InvalidInputError, match=r"lq must have shape \(B, 3, H, W\), got \(3, 4, 4\)"):
         check_image_tensor(x[0], name="lq")
+
+
+
+# ---------------------------------------------------------------------------------------------
+# 16-bit colour files (PIL has no 16-bit colour mode; OpenCV decodes and encodes them)
+
+# Neighbouring values that differ only in the low byte: an 8-bit decode would merge them.
+_LOW_BYTE_PAIRS = np.array(
+    [[[256, 257, 258], [259, 0, 1]],
+     [[65280, 65281, 65535], [65534, 4096, 4097]],
+     [[12345, 12346, 30000], [30001, 2, 3]]],
+    dtype=np.uint16,
+)  # (H, W, C) = (3, 2, 3)
+
+
+def _rgba16() -> np.ndarray:
+    alpha = np.array([[0, 1], [32768, 32769], [65534, 65535]], dtype=np.uint16)
+    return np.dstack([_LOW_BYTE_PAIRS, alpha])
+
+
+def _as_tensor(rgb16: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(rgb16.astype(np.float32)).permute(2, 0, 1)[None] / 65535
+
+
+def _write_png16(path: Path, rgb16: np.ndarray, exif: bytes | None = None) -> Path:
+    """uint16 RGB(A) -> 16-bit PNG written by OpenCV, with an optional eXIf chunk."""
+    bgr = cv2.cvtColor(rgb16, cv2.COLOR_RGB2BGR if rgb16.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+    kinds, chunks = ([cv2.IMAGE_METADATA_EXIF], [np.frombuffer(exif[6:], np.uint8)]) if exif else ([], [])
+    ok, data = cv2.imencodeWithMetadata(".png", bgr, kinds, chunks)
+    assert ok
+    path.write_bytes(data.tobytes())
+    return path
+
+
+def _tiff16(rgb16: np.ndarray, *, orientation: int = 1, claimed_size: tuple[int, int] | None = None) -> bytes:
+    """An uncompressed little-endian TIFF of uint16 RGB(A) samples (unassociated alpha), built by hand to
+    give it an Orientation tag. ``claimed_size=(H, W)`` makes the header lie about the size (a bomb)."""
+    height, width = claimed_size or rgb16.shape[:2]
+    samples = rgb16.shape[2]
+    pixels = rgb16.astype("<u2").tobytes()
+    fields = {256: ("I", [width]), 257: ("I", [height]), 258: ("H", [16] * samples), 259: ("H", [1]),
+              262: ("H", [2]), 274: ("H", [orientation]), 277: ("H", [samples]), 278: ("I", [height]),
+              279: ("I", [len(pixels)])}
+    if samples == 4:
+        fields[338] = ("H", [2])
+    fields[273] = ("I", [0])
+    ifd_end = 8 + 2 + 12 * len(fields) + 4
+    bits = struct.pack(f"<{samples}H", *[16] * samples)  # too long for its IFD entry: stored after the IFD
+    fields[273] = ("I", [ifd_end + len(bits)])
+    entries = b""
+    for tag, (code, values) in sorted(fields.items()):
+        data = struct.pack(f"<{len(values)}{code}", *values)
+        data = struct.pack("<I", ifd_end) if len(data) > 4 else data.ljust(4, b"\0")
+        entries += struct.pack("<HHI", tag, 3 if code == "H" else 4, len(values)) + data
+    return b"II*\0" + struct.pack("<IH", 8, len(fields)) + entries + struct.pack("<I", 0) + bits + pixels
+
+
+def test_16_bit_rgb_png_keeps_its_low_byte(tmp_path):
+    path = _write_png16(tmp_path / "scan.png", _LOW_BYTE_PAIRS)
+    image = load_image(path)
+    assert isinstance(image, ImageArray) and image.dtype == np.uint16 and np.array_equal(image, _LOW_BYTE_PAIRS)
+    tensor, meta = to_tensor(path)
+    assert torch.equal(tensor, _as_tensor(_LOW_BYTE_PAIRS))  # k / 65535 for every stored k
+    assert (meta.kind, meta.dtype, meta.channels) == ("numpy", "uint16", 3)
+    assert np.array_equal(from_tensor(tensor, meta), _LOW_BYTE_PAIRS)
+
+
+def test_16_bit_rgba_png_carries_its_alpha_at_16_bits(tmp_path):
+    rgba = _rgba16()
+    tensor, meta = to_tensor(_write_png16(tmp_path / "scan.png", rgba))
+    assert tensor.shape == (1, 3, 3, 2) and torch.equal(tensor, _as_tensor(rgba[:, :, :3]))
+    assert torch.equal(meta.alpha, _as_tensor(rgba[:, :, 3:]))
+    out = from_tensor(tensor, meta)
+    assert out.shape == (3, 2, 4) and out.dtype == np.uint16 and np.array_equal(out, rgba)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_16_bit_png_exif_orientation_is_applied_as_pil_applies_it(tmp_path, orientation):
+    exif = Image.Exif()
+    exif[ORIENTATION] = orientation
+    exif[SOFTWARE] = "scanner"
+    image = load_image(_write_png16(tmp_path / "rotated.png", _LOW_BYTE_PAIRS, exif=exif.tobytes()))
+    high_bytes = Image.fromarray((_LOW_BYTE_PAIRS >> 8).astype(np.uint8))
+    high_bytes.info["exif"] = exif.tobytes()
+    assert np.array_equal(image >> 8, np.asarray(ImageOps.exif_transpose(high_bytes)))
+    kept = Image.Exif()
+    kept.load(image.info["exif"])
+    assert ORIENTATION not in kept and kept[SOFTWARE] == "scanner"
+
+
+@pytest.mark.parametrize("channels", [3, 4], ids=["rgb", "rgba"])
+def test_16_bit_tiff_keeps_precision_and_its_orientation_tag(tmp_path, channels):
+    pixels = _rgba16()[:, :, :channels]
+    path = tmp_path / "scan.tif"
+    path.write_bytes(_tiff16(pixels, orientation=6))  # rotate 90 degrees clockwise to display
+    image = load_image(path)
+    assert isinstance(image, ImageArray) and np.array_equal(image, np.rot90(pixels, k=-1))
+
+
+@pytest.mark.parametrize("kind", ["png", "tiff"])
+def test_16_bit_file_above_the_pixel_limit_is_refused_before_decoding(tmp_path, monkeypatch, kind):
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded before the pixel limit was checked")
+
+    monkeypatch.setattr(cv2, "imdecodeWithMetadata", no_decoding)
+    path = tmp_path / f"bomb.{kind}"
+    if kind == "png":
+        path.write_bytes(_png_header_only(9_000, 9_000, bit_depth=16, colour_type=2))
+    else:
+        path.write_bytes(_tiff16(_LOW_BYTE_PAIRS, claimed_size=(9_000, 9_000)))
+    with pytest.raises(ImageTooLargeError, match=f"bomb.{kind}"):
+        load_image(path)
+
+
+def test_truncated_16_bit_png_is_an_image_decode_error(tmp_path):
+    whole = _write_png16(tmp_path / "whole.png", np.tile(_LOW_BYTE_PAIRS, (20, 20, 1))).read_bytes()
+    path = tmp_path / "truncated.png"
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ImageDecodeError, match="truncated.png"):
+        load_image(path)
+
+
+def test_list_of_16_bit_paths_is_batched_and_each_comes_back_16_bit(tmp_path):
+    paths = [_write_png16(tmp_path / "a.png", _LOW_BYTE_PAIRS), _write_png16(tmp_path / "b.png", _LOW_BYTE_PAIRS[::-1])]
+    tensor, meta = to_tensor(paths)
+    assert tensor.shape == (2, 3, 3, 2) and torch.equal(tensor[1:], _as_tensor(_LOW_BYTE_PAIRS[::-1].copy()))
+    outs = from_tensor(tensor, meta)
+    assert [o.dtype for o in outs] == [np.uint16, np.uint16] and np.array_equal(outs[0], _LOW_BYTE_PAIRS)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tiff"])
+@pytest.mark.parametrize("channels", [3, 4], ids=["rgb", "rgba"])
+def test_saved_16_bit_output_reads_back_unchanged(tmp_path, suffix, channels):
+    pixels = _rgba16()[:, :, :channels]
+    tensor, meta = to_tensor(pixels)
+    written = save_image(from_tensor(_upscale(tensor, 2), meta), tmp_path / f"out{suffix}")
+    expected = np.repeat(np.repeat(pixels, 2, axis=0), 2, axis=1)
+    expected[:, :, 3:] = from_tensor(_upscale(tensor, 2), meta)[:, :, 3:]  # alpha is resized bilinearly
+    assert np.array_equal(load_image(written), expected)
+
+
+def test_16_bit_png_output_carries_the_input_exif_and_icc_profile(tmp_path):
+    exif = Image.Exif()
+    exif[ORIENTATION] = 8
+    exif[SOFTWARE] = "scanner"
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    source = _write_png16(tmp_path / "in.png", _LOW_BYTE_PAIRS, exif=exif.tobytes())
+    tensor, meta = to_tensor(ImageArray(load_image(source), {**load_image(source).info, "icc_profile": icc}))
+    out = from_tensor(tensor, meta)
+    assert isinstance(out, ImageArray) and out.info["icc_profile"] == icc
+    with Image.open(save_image(out, tmp_path / "out.png")) as reread:
+        assert reread.info["icc_profile"] == icc
+        assert reread.getexif()[SOFTWARE] == "scanner" and ORIENTATION not in reread.getexif()
+
+
+def test_16_bit_image_is_reduced_to_8_bits_where_the_format_or_bit_depth_asks(tmp_path):
+    rounded = ((_LOW_BYTE_PAIRS.astype(np.uint32) + 128) // 257).astype(np.uint8)  # round(k / 257)
+    with Image.open(save_image(_LOW_BYTE_PAIRS, tmp_path / "out.png", bit_depth=8)) as reread:
+        assert reread.mode == "RGB" and np.array_equal(np.asarray(reread), rounded)
+    with Image.open(save_image(_LOW_BYTE_PAIRS, tmp_path / "out.jpg")) as reread:
+        assert reread.format == "JPEG" and reread.mode == "RGB"
+    gray = Image.fromarray(_LOW_BYTE_PAIRS[:, :, 0])
+    with Image.open(save_image(gray, tmp_path / "gray.bmp")) as reread:
+        assert reread.mode == "L" and np.array_equal(np.asarray(reread), rounded[:, :, 0])
+
+
+@pytest.mark.parametrize("image, target, message", [
+    (_LOW_BYTE_PAIRS, "out.jpg", "JPEG stores 8 bits"),
+    (_rgb(), "out.png", "holds 8-bit data"),
+], ids=["8-bit-format", "8-bit-data"])
+def test_bit_depth_16_refuses_to_lose_precision(tmp_path, image, target, message):
+    with pytest.raises(InvalidInputError, match=message):
+        save_image(image, tmp_path / target, bit_depth=16)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_16_bit_save_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "out.png"
+    target.write_bytes(b"previous result")
+    with pytest.raises(InvalidInputError, match="icc_profile=None"):
+        save_image(ImageArray(_LOW_BYTE_PAIRS, {"icc_profile": b"not a profile"}), target)
+    assert target.read_bytes() == b"previous result" and sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+
+
+def test_save_rejects_a_float_array_with_the_conversion_to_use(tmp_path):
+    with pytest.raises(InvalidInputError, match=r"float32 .*astype\(np.uint8\)"):
+        save_image(np.zeros((2, 2, 3), dtype=np.float32), tmp_path / "out.png")
