@@ -60,6 +60,20 @@ def test_backend_alone_without_projector(tmp_path):
     assert Image.open(tmp_path / "o.png").size == (64, 64)
 
 
+def test_16_bit_colour_input_gives_16_bit_output(tmp_path):
+    import cv2
+
+    pixels = (np.random.default_rng(0).random((16, 16, 3)) * 65535).astype(np.uint16)
+    src = tmp_path / "scan.png"
+    assert cv2.imwrite(str(src), pixels)
+    args = ["restore", str(src), "-o", str(tmp_path / "o.png"), "--backend-weights", str(OSEDIFF_GOLDEN_PKL),
+            "--base-model", str(TINY_SD21), "--device", "cpu", "--upscale", "4", "--process-size", "64", "-q"]
+    assert main(args) == 0
+    out = cv2.imread(str(tmp_path / "o.png"), cv2.IMREAD_UNCHANGED)
+    assert out.dtype == np.uint16 and out.shape == (64, 64, 3)
+    assert (out % 257 != 0).any()  # 8-bit values widened to 16 bits would all be multiples of 257
+
+
 def test_corrupt_input_fails_cleanly_without_partial_output(tmp_path, projector_dir, capsys):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
