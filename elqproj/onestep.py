@@ -40,7 +40,8 @@ from .errors import CheckpointMismatchError, ConfigError, InvalidInputError
 from .devices import resolve_device_dtype
 from .hub import WeightsSpec, resolve_dir
 
-__all__ = ["OneStepSD", "OneStepOutput", "AdapterSet", "LongPromptMode", "prompts_for_batch"]
+__all__ = ["OneStepSD", "OneStepOutput", "AdapterSet", "LongPromptMode", "prompts_for_batch", "SD_BASE_FILES",
+           "sd_base_files"]
 
 LongPromptMode = Literal["truncate", "chunk"]
 

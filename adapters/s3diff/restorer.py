@@ -35,7 +35,6 @@ from elqproj.hub import load_checkpoint, resolve_file
 from elqproj.onestep import OneStepOutput, OneStepSD, prompts_for_batch
 from elqproj.tiling import TilingConfig
 
-# The official script's quantisation helpers; shared with OSEDiff rather than copied.
 from ..base import Restorer, RestorerCapabilities
 from .degradation_estimator import DegradationEstimator
 from .modulation import (
