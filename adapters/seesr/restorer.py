@@ -95,8 +95,9 @@ def upscale_like_official(image: Image.Image, *, process_size: int = 512, upscal
     return image.resize((w // 8 * 8, h // 8 * 8), Image.BICUBIC)
 
 
-def _as_pil_if_file(image: Any) -> Any:
-    """Image files (one path or a list of paths) as loaded PIL images: the official script reads files."""
+def _load_if_file(image: Any) -> Any:
+    """Image files (one path or a list of paths) loaded: as PIL images, which take the official script's
+    path, except 16-bit colour files (an :class:`~elqproj.imageio.ImageArray`, the tensor path)."""
     if isinstance(image, (str, os.PathLike)):
         return imageio.load_image(image)
     if isinstance(image, (list, tuple)) and image and all(isinstance(i, (str, os.PathLike)) for i in image):
@@ -345,7 +346,7 @@ class SeeSRRestorer(Restorer):
             raise InvalidInputError(f"process_size must be an integer >= 0, got {process_size!r} (official: 512).")
         tiling = tiling or self.tiling
 
-        image = _as_pil_if_file(image)
+        image = _load_if_file(image)
         official_pil = imageio.is_pil_input(image)
         lr, meta = imageio.to_tensor(image)
         if official_pil:
