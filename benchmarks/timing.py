@@ -1,5 +1,6 @@
-"""What every benchmark script shares: timing a callable on a device, peak memory, the common
-command-line options and the JSON output.
+"""What every benchmark script shares: timing a callable on a device and peak memory (the package's
+:mod:`elqproj.benchmarking` core, re-exported here), stage timers, the common command-line options and
+the JSON output.
 
 The scripts run as ``python benchmarks/bench_x.py`` and import this module as ``timing`` (same folder).
 """
@@ -8,75 +9,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from elqproj.benchmarking import Measurement, device_name, synchronize, time_calls
 
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued kernels, so that wall-clock time covers them (CUDA is asynchronous)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def device_name(device: torch.device, cpu: str = "cpu") -> str:
-    """The GPU's model name on CUDA, else ``cpu`` (what a script calls the host)."""
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """Wall-clock seconds of the timed calls and the peak memory while they ran.
-
-    ``peak_gib``: on CUDA the most memory allocated by tensors during the timed calls (GiB); on the
-    CPU the process's peak resident set size since it started (GiB; it cannot be reset).
-    ``peak_reserved_gib``: the most memory the CUDA caching allocator held; ``None`` on the CPU.
-    """
-
-    seconds: list[float]
-    on_gpu: bool
-    peak_gib: float
-    peak_reserved_gib: float | None
-
-    @property
-    def median_s(self) -> float:
-        return statistics.median(self.seconds)
-
-    def memory_row(self, digits: int) -> dict[str, float]:
-        """``{"peak_gpu_memory_gib": …}`` on CUDA, ``{"peak_process_rss_gib": …}`` on the CPU."""
-        key = "peak_gpu_memory_gib" if self.on_gpu else "peak_process_rss_gib"
-        return {key: round(self.peak_gib, digits)}
-
-
-def time_calls(fn: Callable[[], Any], device: torch.device, *, warmup: int, repeats: int) -> Measurement:
-    """Call ``fn()`` ``warmup`` times untimed (kernel selection, allocator growth, caches), then time
-    ``repeats`` calls one by one, each synchronised with ``device`` before and after."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    on_gpu = device.type == "cuda"
-    if on_gpu:
-        torch.cuda.reset_peak_memory_stats(device)
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        seconds.append(time.perf_counter() - start)
-    if on_gpu:
-        peak = torch.cuda.max_memory_allocated(device) / 2**30
-        reserved = torch.cuda.max_memory_reserved(device) / 2**30
-    else:
-        # ru_maxrss is in KiB on Linux.
-        peak, reserved = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, None
-    return Measurement(seconds, on_gpu, peak, reserved)
+__all__ = ["Measurement", "StageTimer", "add_common_arguments", "device_name", "parse_arguments", "print_row",
+           "report", "synchronize", "time_calls", "write_json"]
 
 
 class StageTimer:
