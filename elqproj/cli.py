@@ -1,4 +1,4 @@
-"""The ``elqproj`` command line: ``restore``, ``info`` (and the commands other modules add).
+"""The ``elqproj`` command line: ``restore``, ``bench``, ``info`` (and the commands other modules add).
 
 Each sub-command is one ``_cmd_<name>(args) -> int`` function plus its block in :func:`build_parser`;
 the work itself lives in the library, so everything the CLI does is also one Python call away.
@@ -44,20 +44,17 @@ def _lfo(value: str) -> int | str:
     return number
 
 
-def _cmd_restore(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
+def _load_models(args: argparse.Namespace, *, fresh_projector: bool = False) -> tuple[Any, Any, Any]:
+    """``(projector, restorer, prompt)`` from the model options (:func:`_add_model_arguments`).
 
-    from . import imageio
+    projector: f from ``--projector``; without it ``None``, or a fresh untrained one
+    (``Projector.from_base``) when ``fresh_projector``. restorer: g from ``--backend`` (on the projector's
+    engine when there is one). prompt: the ``--prompt`` extractor, loaded once (or the text itself).
+    Everything on ``--device``/``--dtype`` with ``--tiling``/``--tile-size`` applied.
+    """
     from .adapters.base import load_restorer
     from .tiling import TilingConfig
 
-    inputs = expand_image_paths(args.inputs)
-    targets = output_paths(inputs, args.output)
-    todo = [(i, o) for i, o in zip(inputs, targets) if not (args.skip_existing and o.exists())]
-    if len(todo) < len(inputs):
-        logger.info("skipping %d existing outputs", len(inputs) - len(todo))
-    if not todo:
-        return 0
     loader: dict[str, Any] = {"device": args.device, "dtype": args.dtype}
     if args.base_model:
         loader["base_model"] = args.base_model
@@ -68,19 +65,20 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         tile = {"latent_tile": args.tile_size // 8, "latent_overlap": args.tile_size // 8 // 3}
     tiling = TilingConfig(mode=args.tiling, **tile)
     projector = None
-    if args.projector:
+    if args.projector or fresh_projector:
         from .projector import Projector
 
-        projector = Projector.from_pretrained(args.projector, device=args.device, dtype=args.dtype,
-                                              base_model=args.base_model)
+        if args.projector:
+            projector = Projector.from_pretrained(args.projector, device=args.device, dtype=args.dtype,
+                                                  base_model=args.base_model)
+        else:
+            base = {"base_model": args.base_model} if args.base_model else {}
+            projector = Projector.from_base(**base, device=args.device, dtype=args.dtype)
         restorer = projector.get_restorer(args.backend, **{k: v for k, v in loader.items() if k == "weights"})
         projector.engine.tiling = tiling
     else:
         restorer = load_restorer(args.backend, **loader)
     restorer.configure_tiling(tiling)
-    restorer_kwargs = {"color_fix": args.color_fix} if args.color_fix else {}
-    if projector is None and restorer.accepts("process_size"):
-        restorer_kwargs["process_size"] = args.process_size
     prompt = args.prompt
     if args.prompt_weights:
         from .prompts import load_prompt_extractor
@@ -88,6 +86,25 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         prompt = load_prompt_extractor(args.prompt, weights=args.prompt_weights, device=args.device)
     elif projector is not None:
         prompt = projector.get_prompt_extractor(args.prompt)
+    return projector, restorer, prompt
+
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from . import imageio
+
+    inputs = expand_image_paths(args.inputs)
+    targets = output_paths(inputs, args.output)
+    todo = [(i, o) for i, o in zip(inputs, targets) if not (args.skip_existing and o.exists())]
+    if len(todo) < len(inputs):
+        logger.info("skipping %d existing outputs", len(inputs) - len(todo))
+    if not todo:
+        return 0
+    projector, restorer, prompt = _load_models(args)
+    restorer_kwargs = {"color_fix": args.color_fix} if args.color_fix else {}
+    if projector is None and restorer.accepts("process_size"):
+        restorer_kwargs["process_size"] = args.process_size
     failures = 0
     for src, dst in tqdm(todo, desc="restore", unit="img", disable=args.quiet):
         try:
@@ -134,6 +151,37 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .benchmarking import benchmark_restore, check_bench_options, format_table
+
+    check_bench_options(sizes=args.sizes, batch=args.batch, warmup=args.warmup, repeats=args.repeats)  # before loading
+    projector, restorer, prompt = _load_models(args, fresh_projector=True)
+    rows = benchmark_restore(projector, restorer, sizes=args.sizes, batch=args.batch, lfo=args.lfo, prompt=prompt,
+                             warmup=args.warmup, repeats=args.repeats, seed=args.seed,
+                             process_size=args.process_size, progress=not args.quiet)
+    source = args.projector or "untrained (Projector.from_base)"
+    rows = [{"projector": source, **row} for row in rows]
+    first = rows[0]
+    print(f"elqproj bench: backend {first['backend']}, projector {source}, prompt {first['prompt']}, "
+          f"lfo {first['lfo']}, batch {first['batch']}")
+    device = first["device_name"] if first["device"] == "cpu" else f"{first['device_name']} ({first['device']})"
+    print(f"device {device}, dtype {first['dtype']}; {args.warmup} warm-up + {args.repeats} timed calls per size; "
+          "times: median seconds per call")
+    if not args.projector:
+        print("no --projector: timing a fresh, untrained projector; a trained LoRA has the same shapes and "
+              "costs exactly the same")
+    print(format_table(rows))
+    print("size: input side (px); run side: the side f and g run at (inputs below --process-size are enlarged to it)")
+    print("prompt: every prompt extraction; project: every f pass, LFO passes included; restore: g")
+    if "peak_rss_gib" in first:
+        print("peak RSS: the process's peak since it started (model loading included; it cannot be reset)")
+    else:
+        print("alloc / reserved: CUDA peaks over the timed calls (reset after the warm-up)")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     import torch
 
@@ -174,6 +222,24 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_model_arguments(p: argparse.ArgumentParser, *, projector_help: str) -> None:
+    """The options that choose and run the models (read by :func:`_load_models`), shared by restore and bench."""
+    p.add_argument("--projector", help=projector_help)
+    p.add_argument("--backend", default="osediff", help="restorer name (see `elqproj info`)")
+    p.add_argument("--backend-weights", help="weights of the backend (path, Hub id or URL)")
+    p.add_argument("--base-model", help="SD base model directory or Hub id (overrides the default)")
+    p.add_argument("--prompt", help="prompt text, or an extractor name (none, ram, dape, vlm)")
+    p.add_argument("--prompt-weights", help="weights of the --prompt extractor (e.g. DAPE.pth)")
+    p.add_argument("--lfo", type=_lfo, default=0, help="Look-Forward-Once passes, or 'auto' (default 0)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (reproducible results)")
+    p.add_argument("--process-size", type=int, default=512,
+                   help="enlarge so the short side is at least this many pixels (0: off; default 512)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="weights dtype")
+    p.add_argument("--tiling", default="auto", choices=["auto", "always", "never"], help="latent/VAE tiling")
+    p.add_argument("--tile-size", type=int, default=None, help="latent tile size in pixels (default 768)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="elqproj", description="Extreme blind image restoration.")
     parser.add_argument("--version", action="version", version=f"elqproj {__version__}")
@@ -183,25 +249,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("restore", help="restore images (projector f, then restorer g)")
     p.add_argument("inputs", nargs="+", help="image files, folders or globs")
     p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
-    p.add_argument("--projector", help="projector directory or Hub id; without it only the backend runs")
-    p.add_argument("--backend", default="osediff", help="restorer name (see `elqproj info`)")
-    p.add_argument("--backend-weights", help="weights of the backend (path, Hub id or URL)")
-    p.add_argument("--base-model", help="SD base model directory or Hub id (overrides the default)")
-    p.add_argument("--prompt", help="prompt text, or an extractor name (none, ram, dape, vlm)")
-    p.add_argument("--prompt-weights", help="weights of the --prompt extractor (e.g. DAPE.pth)")
-    p.add_argument("--lfo", type=_lfo, default=0, help="Look-Forward-Once passes, or 'auto' (default 0)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (reproducible results)")
+    _add_model_arguments(p, projector_help="projector directory or Hub id; without it only the backend runs")
     p.add_argument("--upscale", type=int, default=1, help="output/input size ratio (default 1)")
-    p.add_argument("--process-size", type=int, default=512,
-                   help="enlarge so the short side is at least this many pixels (0: off; default 512)")
     p.add_argument("--color-fix", choices=["adain", "wavelet", "none"], help="colour correction of g")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
-    p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="weights dtype")
-    p.add_argument("--tiling", default="auto", choices=["auto", "always", "never"], help="latent/VAE tiling")
-    p.add_argument("--tile-size", type=int, default=None, help="latent tile size in pixels (default 768)")
     p.add_argument("--skip-existing", action="store_true", help="do not redo outputs that exist")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_restore)
+
+    p = sub.add_parser("bench", help="time restoration (Y, f with LFO, g) and its peak memory on this machine")
+    _add_model_arguments(p, projector_help="projector directory or Hub id; without it a fresh untrained projector "
+                                           "is timed (same cost as a trained one)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[512],
+                   help="side in px of the square synthetic input image(s); sides below --process-size run at "
+                        "--process-size (default 512)")
+    p.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls per size first (default 2)")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per size; medians are reported (default 5)")
+    p.add_argument("--json", type=Path, default=None, help="also write the result rows to this JSON file")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("degrade", help="synthesise degraded images (Real-ESRGAN second-order pipeline)")
     p.add_argument("inputs", nargs="+", help="image files, folders or globs")

@@ -1,0 +1,93 @@
+"""`elqproj bench` and `elqproj.benchmarking.benchmark_restore`: rows, keys, stages, errors (no timing limits)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from elqproj import InvalidInputError, Projector
+from elqproj.benchmarking import benchmark_restore, format_table, synthetic_images
+from elqproj.cli import main
+from tests.conftest import OSEDIFF_GOLDEN_PKL, TINY_SD21
+from tests.test_cli import projector_dir  # noqa: F401  (the saved tiny projector fixture)
+
+STAGES = ["prompt_s", "project_s", "restore_s"]
+ROW_KEYS = {"projector", "size", "process_side", "output_side", "batch", "device", "device_name", "dtype", "backend",
+            "prompt", "lfo", "lfo_passes", "warmup", "repeats", *STAGES, "total_s", "wall_s", "images_per_s",
+            "peak_rss_gib"}
+
+
+def _bench(tmp_path, *extra: str) -> list[str]:
+    return ["bench", "--backend", "osediff", "--backend-weights", str(OSEDIFF_GOLDEN_PKL), "--base-model",
+            str(TINY_SD21), "--prompt", "a photo of a cat", "--device", "cpu", "--process-size", "0", "--seed", "0",
+            "--warmup", "0", "--repeats", "1", "--json", str(tmp_path / "bench.json"), "-q", *extra]
+
+
+@pytest.fixture
+def tiny_projector():
+    return Projector.from_base(TINY_SD21, device="cpu")
+
+
+def test_bench_writes_one_row_per_size_with_positive_times(tmp_path, capsys):
+    assert main(_bench(tmp_path, "--sizes", "64", "72")) == 0
+    rows = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["size"] for r in rows] == [64, 72] and [r["process_side"] for r in rows] == [64, 72]
+    for row in rows:
+        assert set(row) == ROW_KEYS
+        assert row["backend"] == "osediff" and row["device"] == "cpu" and row["dtype"] == "float32"
+        assert row["lfo"] == 0 and row["lfo_passes"] == 0 and row["batch"] == 1 and row["output_side"] == row["size"]
+        assert all(row[k] > 0 for k in (*STAGES, "total_s", "wall_s", "images_per_s", "peak_rss_gib"))
+        assert sum(row[k] for k in STAGES) <= row["total_s"]
+    out = capsys.readouterr().out
+    assert "untrained" in out and "peak RSS" in out and len([line for line in out.splitlines()
+                                                            if line.lstrip().startswith(("64 ", "72 "))]) == 2
+
+
+def test_bench_times_a_saved_projector(tmp_path, projector_dir, capsys):  # noqa: F811  (fixture)
+    assert main(_bench(tmp_path, "--sizes", "64", "--projector", str(projector_dir))) == 0
+    (row,) = json.loads((tmp_path / "bench.json").read_text())
+    assert row["projector"] == str(projector_dir) and "untrained" not in capsys.readouterr().out
+
+
+def test_bench_lfo_one_runs_one_refinement_pass(tmp_path):
+    assert main(_bench(tmp_path, "--sizes", "64", "--lfo", "1")) == 0
+    (row,) = json.loads((tmp_path / "bench.json").read_text())
+    assert row["lfo"] == 1 and row["lfo_passes"] == 1
+    assert sum(row[k] for k in STAGES) <= row["total_s"]
+
+
+def test_bench_size_below_the_model_minimum_is_an_error(tmp_path, capsys):
+    assert main(_bench(tmp_path, "--sizes", "32")) == 2
+    err = capsys.readouterr().err
+    assert "Size 32" in err and "64 px" in err and not (tmp_path / "bench.json").exists()
+
+
+def test_bench_zero_repeats_is_an_error(tmp_path, capsys):
+    assert main(_bench(tmp_path, "--sizes", "64", "--repeats", "0")) == 2
+    assert "repeats must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", [{"warmup": -1}, {"repeats": 0}, {"batch": 0}, {"sizes": []}, {"sizes": [0]}])
+def test_benchmark_restore_rejects_bad_settings(tiny_projector, option):
+    settings = {"sizes": [64], "warmup": 0, "repeats": 1, "process_size": 0, **option}
+    with pytest.raises(InvalidInputError):
+        benchmark_restore(tiny_projector, "osediff", **settings)
+
+
+def test_benchmark_restore_from_python_with_a_batch(tiny_projector):
+    restorer = tiny_projector.get_restorer("osediff", weights=str(OSEDIFF_GOLDEN_PKL))
+    rows = benchmark_restore(tiny_projector, restorer, sizes=[64], batch=2, prompt="a cat", warmup=1, repeats=2,
+                             process_size=80)
+    (row,) = rows
+    assert row["batch"] == 2 and row["repeats"] == 2 and row["prompt"] == "fixed"
+    assert row["size"] == 64 and row["process_side"] == 80 and row["output_side"] == 80  # enlarged to process_size
+    assert row["images_per_s"] == pytest.approx(2 / row["wall_s"])
+    assert set(format_table(rows).splitlines()[0].split()) >= {"size", "project", "restore", "wall", "img/s"}
+
+
+def test_synthetic_images_are_seeded_smooth_and_in_range():
+    a, b = synthetic_images(32, batch=2, seed=3), synthetic_images(32, batch=2, seed=3)
+    assert a.shape == (2, 3, 32, 32) and a.equal(b) and not a.equal(synthetic_images(32, batch=2, seed=4))
+    assert a.min() >= 0 and a.max() <= 1
+    assert (a[..., 1:] - a[..., :-1]).abs().mean() < 0.1  # smooth: neighbours differ far less than noise (~0.33)
