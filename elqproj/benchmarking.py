@@ -213,6 +213,9 @@ def benchmark_restore(
           peak resident set size since it started (it cannot be reset: it includes model loading and
           the earlier sizes), ``None`` where the OS does not report it.
 
+        A size that runs out of CUDA memory gets a row with ``error: "out of memory"`` and the settings
+        only (no sides, times or memory); the sizes after it are still measured.
+
     Raises:
         InvalidInputError: a size whose run side is below the engine's minimum
             (:attr:`OneStepSD.min_image_side <elqproj.onestep.OneStepSD.min_image_side>`), an empty
@@ -233,8 +236,9 @@ def benchmark_restore(
     device = projector.device
     host = f"cpu ({torch.get_num_threads()} threads)"
     rows = []
-    bar = tqdm(total=len(sizes) * (warmup + repeats), desc="bench", unit="call", disable=not progress)
-    for size in sizes:
+    calls_per_size = warmup + repeats
+    bar = tqdm(total=len(sizes) * calls_per_size, desc="bench", unit="call", disable=not progress)
+    for index, size in enumerate(sizes):
         images = synthetic_images(size, batch=batch, seed=0 if seed is None else seed)
         calls: list[tuple[dict[str, float], int, int, int]] = []  # timings, LFO passes, run side, output side
         bar.set_postfix(size=size)
@@ -246,16 +250,27 @@ def benchmark_restore(
             calls.append((result.timings, result.lfo_passes, result.lq.shape[-1], result.image.shape[-1]))
             bar.update(1)
 
-        measurement = time_calls(restore_once, device, warmup=warmup, repeats=repeats)
+        row: dict[str, Any] = {
+            "size": size, "batch": batch, "device": str(device), "device_name": device_name(device, host),
+            "dtype": str(projector.dtype).removeprefix("torch."), "backend": restorer.name,
+            "prompt": extractor.name, "lfo": lfo, "warmup": warmup, "repeats": repeats,
+        }
+        try:
+            measurement = time_calls(restore_once, device, warmup=warmup, repeats=repeats)
+        except torch.OutOfMemoryError:
+            measurement = None
+        if measurement is None:
+            # "Will it fit?" -- no: say so in this size's row and go on with the next size. The cache is
+            # emptied outside the except block, where the traceback no longer holds the failed call's tensors.
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            rows.append({**row, "error": "out of memory"})
+            bar.update((index + 1) * calls_per_size - bar.n)
+            continue
         timed = calls[warmup:]
         timings, _, run_side, output_side = timed[-1]
-        row: dict[str, Any] = {
-            "size": size, "process_side": int(run_side), "output_side": int(output_side), "batch": batch,
-            "device": str(device), "device_name": device_name(device, host),
-            "dtype": str(projector.dtype).removeprefix("torch."), "backend": restorer.name,
-            "prompt": extractor.name, "lfo": lfo, "lfo_passes": max(passes for _, passes, _, _ in timed),
-            "warmup": warmup, "repeats": repeats,
-        }
+        row.update(process_side=int(run_side), output_side=int(output_side),
+                   lfo_passes=max(passes for _, passes, _, _ in timed))
         for stage in timings:
             row[f"{stage}_s"] = statistics.median(t[stage] for t, _, _, _ in timed)
         row["wall_s"] = measurement.median_s
@@ -272,19 +287,19 @@ def benchmark_restore(
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """The rows of :func:`benchmark_restore` as a plain-text table: one line per size, the pixel sides,
-    every ``*_s`` time (seconds, median per call, 4 decimals), images per second and the memory columns
-    (GiB); ``n/a`` where a value is ``None``."""
-    if not rows:
-        return ""
-    memory = [k for k in ("peak_allocated_gib", "peak_reserved_gib", "peak_rss_gib") if k in rows[0]]
-    times = [k for k in rows[0] if k.endswith("_s") and k != "images_per_s"]
+    every ``*_s`` time (seconds, median per call, 4 decimals), images per second, the memory columns
+    (GiB) and, when a size failed, the error; ``n/a`` where a row has no value."""
+    keys = list(dict.fromkeys(key for row in rows for key in row))  # every row's keys, in first-seen order
+    times = [k for k in keys if k.endswith("_s") and k != "images_per_s"]
+    memory = [k for k in ("peak_allocated_gib", "peak_reserved_gib", "peak_rss_gib") if k in keys]
     columns = ["size", "process_side", "output_side", "batch", *times, "images_per_s", *memory]
+    columns += ["error"] if "error" in keys else []
     titles = {"process_side": "run side", "output_side": "out side", "images_per_s": "img/s",
               "peak_allocated_gib": "alloc GiB", "peak_reserved_gib": "reserved GiB", "peak_rss_gib": "peak RSS GiB"}
 
     def cell(key: str, value: Any) -> str:
         if value is None:
-            return "n/a"
+            return "" if key == "error" else "n/a"
         if not isinstance(value, float):
             return str(value)
         digits = 3 if key.endswith("_gib") else 2 if key == "images_per_s" else 4

@@ -173,10 +173,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print(format_table(rows))
     print("size: input side (px); run side: the side f and g run at (inputs below --process-size are enlarged to it)")
     print("prompt: every prompt extraction; project: every f pass, LFO passes included; restore: g")
-    if "peak_rss_gib" in first:
+    if any("peak_rss_gib" in row for row in rows):
         print("peak RSS: the process's peak since it started (model loading included; it cannot be reset)")
     else:
         print("alloc / reserved: CUDA peaks over the timed calls (reset after the warm-up)")
+    if any("error" in row for row in rows):
+        print("out of memory: that size does not fit with these settings; try --dtype fp16, --tiling always "
+              "or a smaller --batch")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return 0
@@ -265,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per size first (default 2)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per size; medians are reported (default 5)")
-    p.add_argument("--json", type=Path, default=None, help="also write the result rows to this JSON file")
+    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the rows to this JSON file")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_bench)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from elqproj import InvalidInputError, Projector
 from elqproj.benchmarking import benchmark_restore, format_table, synthetic_images
@@ -84,6 +85,23 @@ def test_benchmark_restore_from_python_with_a_batch(tiny_projector):
     assert row["size"] == 64 and row["process_side"] == 80 and row["output_side"] == 80  # enlarged to process_size
     assert row["images_per_s"] == pytest.approx(2 / row["wall_s"])
     assert set(format_table(rows).splitlines()[0].split()) >= {"size", "project", "restore", "wall", "img/s"}
+
+
+def test_a_size_out_of_memory_gets_an_error_row_and_later_sizes_are_measured(tiny_projector, monkeypatch):
+    restorer = tiny_projector.get_restorer("osediff", weights=str(OSEDIFF_GOLDEN_PKL))
+    real_restore = tiny_projector.restore
+
+    def restore(images, **kwargs):
+        if images.shape[-1] == 72:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real_restore(images, **kwargs)
+
+    monkeypatch.setattr(tiny_projector, "restore", restore)
+    rows = benchmark_restore(tiny_projector, restorer, sizes=[72, 64], warmup=0, repeats=1, process_size=0)
+    assert rows[0]["size"] == 72 and rows[0]["error"] == "out of memory" and "wall_s" not in rows[0]
+    assert rows[1]["size"] == 64 and "error" not in rows[1] and rows[1]["wall_s"] > 0
+    lines = format_table(rows).splitlines()
+    assert lines[1].endswith("out of memory") and "n/a" in lines[1] and "n/a" not in lines[2]
 
 
 def test_synthetic_images_are_seeded_smooth_and_in_range():
