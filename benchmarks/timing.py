@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from elqproj.benchmarking import Measurement, device_name, synchronize, time_calls
+from elqproj.benchmarking import Measurement, device_name, time_calls
+from elqproj.devices import synchronize
 
 __all__ = ["Measurement", "StageTimer", "add_common_arguments", "device_name", "parse_arguments", "print_row",
            "report", "synchronize", "time_calls", "write_json"]

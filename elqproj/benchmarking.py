@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from . import imageio
+from .devices import synchronize
 from .errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -42,12 +42,6 @@ __all__ = [
     "synthetic_images",
     "time_calls",
 ]
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued kernels, so that wall-clock time covers them (CUDA is asynchronous)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def device_name(device: torch.device, cpu: str = "cpu") -> str:
@@ -144,13 +138,10 @@ def check_bench_options(*, sizes: Sequence[int], batch: int, warmup: int, repeat
 
 
 def _run_side(size: int, process_size: int) -> int:
-    """The side f's engine sees for a size×size input: the pipeline's own sizing (enlargement to
-    ``process_size``, padding to a multiple of 8) applied to a meta tensor, so there is one sizing rule."""
-    from .pipeline import _enlarge
+    """The side f and g run at for a size×size input (the pipeline's own sizing rule)."""
+    from .pipeline import processing_size
 
-    shape = torch.empty(1, 3, size, size, device="meta")
-    padded, _ = imageio.pad_to_multiple(_enlarge(shape, upscale=1, process_size=process_size), 8)
-    return int(padded.shape[-1])
+    return processing_size(size, size, upscale=1, process_size=process_size)[1]
 
 
 def benchmark_restore(

@@ -6,7 +6,7 @@ import torch
 
 from .errors import DeviceError
 
-__all__ = ["resolve_device_dtype"]
+__all__ = ["resolve_device_dtype", "synchronize"]
 
 
 def resolve_device_dtype(
@@ -43,3 +43,9 @@ def resolve_device_dtype(
     if dev.type == "cpu" and dt == torch.float16:
         raise DeviceError("fp16 is not supported on the CPU; use dtype='bf16' or 'fp32' there, or a CUDA device.")
     return dev, dt
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued kernels, so that wall-clock time covers them (CUDA is asynchronous)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

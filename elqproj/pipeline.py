@@ -25,13 +25,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import imageio
+from .devices import synchronize
 from .errors import InvalidInputError
 
 if TYPE_CHECKING:
     from .adapters.base import Restorer
     from .projector import Projector
 
-__all__ = ["RestorationPipeline", "RestorationResult", "LFO_AUTO_CAP"]
+__all__ = ["RestorationPipeline", "RestorationResult", "LFO_AUTO_CAP", "processing_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,17 +69,13 @@ class _Stopwatch:
 
     @contextmanager
     def __call__(self, stage: str):
-        self._sync()
+        synchronize(self.device)
         start = time.perf_counter()
         try:
             yield
         finally:
-            self._sync()
+            synchronize(self.device)
             self.times[stage] = self.times.get(stage, 0.0) + time.perf_counter() - start
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
 
 def _tag_set(text: str) -> frozenset[str]:
@@ -205,13 +202,24 @@ class RestorationPipeline:
         return (out.image.float() * 0.5 + 0.5).cpu()
 
 
-def _enlarge(x: torch.Tensor, *, upscale: int, process_size: int) -> torch.Tensor:
-    """Bicubic enlargement by ``upscale``, then (if needed) so that the short side is ``process_size``."""
-    h, w = x.shape[-2:]
+def _enlarged_size(height: int, width: int, *, upscale: int, process_size: int) -> tuple[int, int]:
+    """Enlargement by ``upscale``, then (if needed) so that the short side is ``process_size``."""
     factor = float(upscale)
-    if process_size and min(h, w) * factor < process_size:
-        factor = process_size / min(h, w)
-    if factor == 1.0:
+    if process_size and min(height, width) * factor < process_size:
+        factor = process_size / min(height, width)
+    return round(height * factor), round(width * factor)
+
+
+def processing_size(height: int, width: int, *, upscale: int = 1, process_size: int = 512) -> tuple[int, int]:
+    """(H, W) in pixels at which f and g run for a ``height``×``width`` input: enlarged as
+    :meth:`RestorationPipeline.__call__` does, then padded up to multiples of 8."""
+    h, w = _enlarged_size(height, width, upscale=upscale, process_size=process_size)
+    return -(-h // 8) * 8, -(-w // 8) * 8
+
+
+def _enlarge(x: torch.Tensor, *, upscale: int, process_size: int) -> torch.Tensor:
+    """Bicubic enlargement of (B, 3, H, W) in [0, 1] to :func:`_enlarged_size`."""
+    size = _enlarged_size(*x.shape[-2:], upscale=upscale, process_size=process_size)
+    if size == tuple(x.shape[-2:]):
         return x
-    size = (round(h * factor), round(w * factor))
     return F.interpolate(x, size=size, mode="bicubic", align_corners=False).clamp(0, 1)

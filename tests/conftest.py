@@ -101,3 +101,11 @@ def offline_hub(hf_cache, monkeypatch) -> Path:
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hf_cache))
     monkeypatch.setenv("HF_HUB_CACHE", str(hf_cache))
     return hf_cache
+
+
+@pytest.fixture(scope="session")
+def projector_dir(tmp_path_factory) -> Path:
+    """A fresh projector on the tiny SD2.1 fixture, saved as a Projector directory."""
+    from elqproj import Projector
+
+    return Projector.from_base(TINY_SD21, device="cpu").save_pretrained(tmp_path_factory.mktemp("proj") / "p")

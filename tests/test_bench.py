@@ -11,7 +11,6 @@ from elqproj import InvalidInputError, Projector
 from elqproj.benchmarking import benchmark_restore, format_table, synthetic_images
 from elqproj.cli import main
 from tests.conftest import OSEDIFF_GOLDEN_PKL, TINY_SD21
-from tests.test_cli import projector_dir  # noqa: F401  (the saved tiny projector fixture)
 
 STAGES = ["prompt_s", "project_s", "restore_s"]
 ROW_KEYS = {"projector", "size", "process_side", "output_side", "batch", "device", "device_name", "dtype", "backend",
@@ -45,7 +44,7 @@ def test_bench_writes_one_row_per_size_with_positive_times(tmp_path, capsys):
                                                             if line.lstrip().startswith(("64 ", "72 "))]) == 2
 
 
-def test_bench_times_a_saved_projector(tmp_path, projector_dir, capsys):  # noqa: F811  (fixture)
+def test_bench_times_a_saved_projector(tmp_path, projector_dir, capsys):
     assert main(_bench(tmp_path, "--sizes", "64", "--projector", str(projector_dir))) == 0
     (row,) = json.loads((tmp_path / "bench.json").read_text())
     assert row["projector"] == str(projector_dir) and "untrained" not in capsys.readouterr().out

@@ -16,11 +16,6 @@ from elqproj.cli import main
 from tests.conftest import OSEDIFF_GOLDEN_PKL, TINY_SD21
 
 
-@pytest.fixture(scope="module")
-def projector_dir(tmp_path_factory):
-    return Projector.from_base(TINY_SD21, device="cpu").save_pretrained(tmp_path_factory.mktemp("proj") / "p")
-
-
 def _write(path, w=40, h=32, seed=0):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)).save(path)
