@@ -9,7 +9,7 @@ stage (prompt encode, VAE encode, UNet, VAE decode) with CUDA synchronisation, a
 
 At 2048² the latent (256²) exceeds one 96² latent tile, so latent tiling and the tiled VAE are used.
 The "pipeline" rows run ``RestorationPipeline`` (extractor k + 2 = 4 times, f three times, g once) with a
-random full-size DAPE tagger (Swin-L, 384²) and report its stage timings (prompt, project, restore).
+random full-size DAPE tagger (Swin-L, 384²) and report its stage timings (prompt, project, lfo, restore).
 Random weights give the same cost as real ones; the outputs are meaningless.
 """
 

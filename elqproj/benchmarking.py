@@ -195,8 +195,9 @@ def benchmark_restore(
           ``dtype`` (``"float16"``, …), ``backend``, ``prompt`` (the extractor's name), ``lfo``,
           ``lfo_passes`` (refinement passes run: the most over the timed calls), ``warmup``, ``repeats``;
         * ``<stage>_s`` — median seconds per call of every stage of ``RestorationResult.timings``:
-          ``prompt_s`` (all prompt extractions), ``project_s`` (every f pass: the first and the LFO
-          passes, with the one VAE encoding), ``restore_s`` (g), ``total_s`` (the pipeline's total);
+          ``prompt_s`` (Y on the input and on the final LQ proxy), ``project_s`` (f's first pass, with
+          the one VAE encoding all passes share), ``lfo_s`` (the LFO rounds: Y and f again; only with
+          ``lfo`` not 0), ``restore_s`` (g), ``total_s`` (the pipeline's total);
         * ``wall_s`` — median wall-clock seconds of the whole call, synchronised with the device (adds
           input/output conversion to ``total_s``); ``images_per_s`` = ``batch / wall_s``;
         * memory, GiB: on CUDA ``peak_allocated_gib`` and ``peak_reserved_gib`` (tensors, and what the
@@ -263,7 +264,7 @@ def benchmark_restore(
         row.update(process_side=int(run_side), output_side=int(output_side),
                    lfo_passes=max(passes for _, passes, _, _ in timed))
         for stage in timings:
-            row[f"{stage}_s"] = statistics.median(t[stage] for t, _, _, _ in timed)
+            row[f"{stage}_s"] = statistics.median(t.get(stage, 0.0) for t, _, _, _ in timed)
         row["wall_s"] = measurement.median_s
         row["images_per_s"] = batch / measurement.median_s
         if measurement.on_gpu:

@@ -172,7 +172,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
               "costs exactly the same")
     print(format_table(rows))
     print("size: input side (px); run side: the side f and g run at (inputs below --process-size are enlarged to it)")
-    print("prompt: every prompt extraction; project: every f pass, LFO passes included; restore: g")
+    print("prompt: Y on the input and on the final LQ proxy; project: f's first pass; lfo: the LFO rounds "
+          "(Y and f again); restore: g")
     if any("peak_rss_gib" in row for row in rows):
         print("peak RSS: the process's peak since it started (model loading included; it cannot be reset)")
     else:

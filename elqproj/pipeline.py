@@ -50,7 +50,9 @@ class RestorationResult:
         prompts: the prompt of every pass in order, [c¹, …, c^{lfo+1}, c_LQ] (c_LQ conditions g); for
             a batch, each entry is a list with one prompt per image.
         lq_passes: the LQ proxy of every projector pass, (B,3,H,W) float tensors in [0,1] on the CPU.
-        timings: seconds per stage: "prompt", "project", "restore", "total".
+        timings: seconds per stage: "prompt" (Y on the input and on the final LQ proxy), "project" (f's
+            first pass), "lfo" (every Look-Forward-Once round: Y on the proxy and f again; only when
+            ``lfo`` is not 0), "restore" (g) and "total" (the whole call, sizing and conversions included).
         lfo_passes: refinement passes actually run (< lfo cap when ``lfo="auto"`` stopped early).
     """
 
@@ -154,14 +156,14 @@ class RestorationPipeline:
         bar.update(2)
         passes = 0
         while passes < cap:
-            with clock("prompt"):
+            with clock("lfo"):
                 result = extractor.extract(lq)
             changed = [_tag_set(a) != _tag_set(b) for a, b in zip(result.texts, prompts[-1])]
             if lfo == "auto" and not any(changed):
                 logger.info("LFO stopped after %d passes: the prompts no longer change", passes)
                 break
             prompts.append(result.texts)
-            with clock("project"):
+            with clock("lfo"):
                 lq = self._project(elq, latent, result.texts)
             lq_passes.append(lq)
             passes += 1

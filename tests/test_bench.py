@@ -53,8 +53,8 @@ def test_bench_times_a_saved_projector(tmp_path, projector_dir, capsys):
 def test_bench_lfo_one_runs_one_refinement_pass(tmp_path):
     assert main(_bench(tmp_path, "--sizes", "64", "--lfo", "1")) == 0
     (row,) = json.loads((tmp_path / "bench.json").read_text())
-    assert row["lfo"] == 1 and row["lfo_passes"] == 1
-    assert sum(row[k] for k in STAGES) <= row["total_s"]
+    assert row["lfo"] == 1 and row["lfo_passes"] == 1 and row["lfo_s"] > 0
+    assert sum(row[k] for k in (*STAGES, "lfo_s")) <= row["total_s"]
 
 
 def test_bench_size_below_the_model_minimum_is_an_error(tmp_path, capsys):

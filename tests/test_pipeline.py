@@ -58,6 +58,7 @@ def test_lfo_calls_the_extractor_k_plus_2_times_and_encodes_once(pipeline, lfo):
     assert counts == [1]  # the ELQ latent is computed once and reused by every pass
     assert res.prompts == [f"tag{i}" for i in range(lfo + 2)]
     assert len(res.lq_passes) == lfo + 1 and res.lfo_passes == lfo
+    assert set(res.timings) == {"prompt", "project", "restore", "total"} | ({"lfo"} if lfo else set())
 
 
 def test_every_pass_conditions_on_the_previous_lq(pipeline):
