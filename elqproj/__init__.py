@@ -34,6 +34,7 @@ from .errors import (  # noqa: E402  (light, always importable)
     CheckpointMismatchError,
     ConfigError,
     DeviceError,
+    NumericalError,
     ElqprojError,
     ImageDecodeError,
     ImageTooLargeError,
@@ -56,6 +57,7 @@ __all__ = [
     "UnknownNameError",
     "ConfigError",
     "DeviceError",
+    "NumericalError",
 ]
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .errors import DeviceError
+from .errors import DeviceError, NumericalError
 
-__all__ = ["resolve_device_dtype", "synchronize"]
+__all__ = ["resolve_device_dtype", "synchronize", "check_finite"]
 
 
 def resolve_device_dtype(
@@ -49,3 +49,17 @@ def synchronize(device: torch.device) -> None:
     """Wait for the device's queued kernels, so that wall-clock time covers them (CUDA is asynchronous)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def check_finite(x: torch.Tensor, *, what: str, dtype: torch.dtype) -> torch.Tensor:
+    """Return ``x`` if every value is finite, else raise :class:`NumericalError` naming ``what`` produced it
+    and the remedy for ``dtype`` (a float16 overflow decodes to a black or noisy image, never to an error,
+    so it is caught here rather than handed to the user). One reduction; on CUDA it waits for ``x``."""
+    if bool(torch.isfinite(x.detach()).all()):
+        return x
+    bad = int((~torch.isfinite(x.detach())).sum())
+    if dtype == torch.float16:
+        hint = "float16 overflowed: load the models with dtype=torch.bfloat16 (or float32)"
+    else:
+        hint = "check the weights (a diverged or corrupted checkpoint gives NaN) and the input"
+    raise NumericalError(f"{what} produced {bad} NaN or infinite values in {dtype}; {hint}.")

@@ -48,3 +48,7 @@ class ConfigError(ElqprojError, ValueError):
 
 class DeviceError(ElqprojError, RuntimeError):
     """The requested device or dtype is not available or not supported by a component."""
+
+
+class NumericalError(ElqprojError, ArithmeticError):
+    """A model produced NaN or infinite values (typically a float16 overflow, or diverged training)."""

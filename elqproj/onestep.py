@@ -37,7 +37,7 @@ from torch import nn
 
 from . import tiling as tiling_mod
 from .errors import CheckpointMismatchError, ConfigError, InvalidInputError
-from .devices import resolve_device_dtype
+from .devices import check_finite, resolve_device_dtype
 from .hub import WeightsSpec, resolve_dir
 
 __all__ = ["OneStepSD", "OneStepOutput", "AdapterSet", "LongPromptMode", "prompts_for_batch", "SD_BASE_FILES",
@@ -672,7 +672,8 @@ class OneStepSD(nn.Module):
         """VAE-decode a scaled latent (B,4,h,w) -> raw image (B,3,8h,8w), roughly [-1,1], unclamped.
         ``tiling`` overrides :attr:`tiling` for this call."""
         z = (x0 / self.scaling_factor).to(self.vae.dtype)
-        return tiling_mod.vae_decode(self.vae, z, tiling or self.tiling)
+        return check_finite(tiling_mod.vae_decode(self.vae, z, tiling or self.tiling), what="The VAE decoder",
+                            dtype=self.vae.dtype)
 
     def forward(
         self,

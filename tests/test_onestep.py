@@ -211,3 +211,23 @@ def test_osediff_weights_saved_after_training_in_place_load_back_identically(tmp
         embeds = osediff.encode_prompt(["dog"])
         torch.testing.assert_close(reloaded(x, embeds, encoder_noise=noise).image,
                                    osediff(x, embeds, encoder_noise=noise).image, rtol=0, atol=0)
+
+
+def test_a_decoder_that_overflows_raises_a_numerical_error_instead_of_returning_a_black_image():
+    from elqproj import NumericalError
+
+    projector = Projector.from_base(TINY_SD21, device="cpu", shared=False)
+    with torch.no_grad():
+        projector.engine.vae.decoder.conv_out.bias.fill_(float("inf"))
+    with pytest.raises(NumericalError, match="VAE decoder produced .* NaN or infinite values in torch.float32"):
+        projector.project(torch.rand(1, 3, 64, 64), prompt="a photo")
+
+
+def test_the_numerical_error_names_the_float16_remedy():
+    from elqproj import NumericalError
+    from elqproj.devices import check_finite
+
+    x = torch.tensor([1.0, float("nan")])
+    with pytest.raises(NumericalError, match="1 NaN .* float16 overflowed: load the models with dtype=torch.bfloat16"):
+        check_finite(x, what="The UNet", dtype=torch.float16)
+    assert check_finite(x[:1], what="The UNet", dtype=torch.float16) is not None

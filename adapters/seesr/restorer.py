@@ -35,7 +35,7 @@ from elqproj.adapters.osediff import upscale_tensor
 from elqproj.colorfix import ColorFix, apply_color_fix
 from elqproj.errors import CheckpointMismatchError, InvalidInputError, WeightsNotFoundError
 from elqproj.hub import WeightsSpec, resolve_dir
-from elqproj.devices import resolve_device_dtype
+from elqproj.devices import check_finite, resolve_device_dtype
 from elqproj.onestep import sd_base_files
 from elqproj.prompts.base import PromptExtractor, load_prompt_extractor
 
@@ -263,7 +263,8 @@ class SeeSRRestorer(Restorer):
         """Image ``(B, 3, 8h, 8w)`` float32 in [0, 1] from scaled latents: ``(decode(z/0.18215)/2 + 0.5)``
         clamped, the pipeline's output before its uint8 conversion."""
         z = (latents / self.vae.config.scaling_factor).to(self.vae.device, self.vae.dtype)
-        decoded = tiling_mod.vae_decode(self.vae, z, self.tiling)
+        decoded = check_finite(tiling_mod.vae_decode(self.vae, z, self.tiling), what="The VAE decoder",
+                               dtype=self.vae.dtype)
         return (decoded.float() / 2 + 0.5).clamp(0, 1)
 
     def latent_shape(self, x: torch.Tensor) -> tuple[int, int, int, int]:

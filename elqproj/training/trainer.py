@@ -31,7 +31,7 @@ from torch import nn
 from .. import losses
 from ..degradations import DegradationParams, DegradationPipeline
 from ..degradations.sampling import derive_seed
-from ..errors import ConfigError
+from ..errors import ConfigError, NumericalError
 from ..onestep import OneStepOutput, OneStepSD
 from ..projector import SD21_BASE, Projector
 from ..tiling import TilingConfig
@@ -383,6 +383,7 @@ class IRIBTrainer:
         accelerator, cfg = self.accelerator, self.config
         generator = generator or self.step_generator(self.global_step * cfg.training.gradient_accumulation_steps)
         out = self.compute_losses(batch, generator)
+        self._check_finite_loss(out)
         accelerator.backward(out.total)
         if accelerator.sync_gradients:
             accelerator.clip_grad_norm_(self.student_parameters, cfg.optimizer.max_grad_norm)
@@ -399,6 +400,21 @@ class IRIBTrainer:
         self.regularizer_optimizer.zero_grad(set_to_none=True)
         return {"total": out.total.detach(), **{k: v.detach() for k, v in out.terms.items()},
                 "regularizer": regularizer_loss.detach()}
+
+    def _check_finite_loss(self, out: _Forward) -> None:
+        """Stop before a NaN/inf loss reaches the weights (they would all turn NaN, and every later
+        checkpoint with them)."""
+        if bool(torch.isfinite(out.total.detach())):
+            return
+        bad = sorted(name for name, value in out.terms.items() if not bool(torch.isfinite(value.detach())))
+        precision = self.config.training.mixed_precision
+        hint = "use training.mixed_precision: bf16 (fp16 overflows more easily)" if precision == "fp16" else \
+            "lower optimizer.learning_rate or raise optimizer.lr_warmup_steps"
+        raise NumericalError(
+            f"The training loss is NaN or infinite at step {self.global_step + 1} (non-finite terms: "
+            f"{', '.join(bad) or 'none; their weighted sum overflowed'}); no update was made. "
+            f"Resume from the last checkpoint ({hint})."
+        )
 
     @torch.no_grad()
     def evaluate(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, float]:

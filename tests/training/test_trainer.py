@@ -207,6 +207,18 @@ def test_a_multistep_restorer_cannot_be_trained_through(tmp_path, train_images):
         IRIBTrainer(tiny_config(tmp_path, train_images, **{"restorer.name": "seesr"}))
 
 
+def test_a_non_finite_loss_stops_training_before_any_update(tmp_path, train_images, monkeypatch):
+    from elqproj import NumericalError
+
+    trainer = IRIBTrainer(tiny_config(tmp_path, train_images))
+    batch = next(iter(trainer.train_loader))
+    monkeypatch.setattr(trainer.regularizer, "pretrained_x0", lambda noisy, *a, **k: torch.full_like(noisy, float("nan")))
+    before = [p.detach().clone() for p in trainer.student_parameters]
+    with pytest.raises(NumericalError, match=r"step 1 \(non-finite terms: vsd\); no update was made"):
+        trainer.training_step(batch)
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.student_parameters))
+
+
 def test_a_tracker_whose_package_is_missing_is_a_config_error(tmp_path, train_images, monkeypatch):
     import importlib.util
 
