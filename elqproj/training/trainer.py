@@ -136,6 +136,8 @@ class IRIBTrainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.device = self.accelerator.device
+        if run.mixed_precision == "fp16" and self.device.type == "cpu":
+            raise ConfigError("training.mixed_precision 'fp16' needs a CUDA GPU; use 'bf16' or 'no' on the CPU.")
         self.weight_dtype = _WEIGHT_DTYPES[run.mixed_precision]
         self.resume_dir = checkpoints.resolve_resume(self.output_dir, resume)
         self.global_step = 0

@@ -165,6 +165,11 @@ def test_bf16_mixed_precision_keeps_frozen_weights_in_bf16_and_trains_in_float32
         assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
 
 
+def test_fp16_mixed_precision_on_the_cpu_is_a_config_error(tmp_path, train_images, fresh_accelerate_state):
+    with pytest.raises(ConfigError, match="'fp16' needs a CUDA GPU; use 'bf16'"):
+        IRIBTrainer(tiny_config(tmp_path, train_images, **{"training.mixed_precision": "fp16"}))
+
+
 def test_changing_the_mixed_precision_within_one_process_is_a_config_error(tmp_path, train_images):
     IRIBTrainer(tiny_config(tmp_path / "a", train_images))
     with pytest.raises(ConfigError, match="new Python process"):
