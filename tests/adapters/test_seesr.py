@@ -289,3 +289,11 @@ def test_projector_restores_through_seesr_end_to_end(restorer):
                                process_size=0, restorer_kwargs=FAST)
     assert result.image.shape == (1, 3, 64, 64)
     assert len(result.prompts) == 3  # c¹, c², and the prompt of g
+
+
+def test_a_decoder_overflow_raises_a_numerical_error(restorer, lq, monkeypatch):
+    from elqproj import NumericalError
+
+    monkeypatch.setattr(restorer.vae.decoder.conv_out.bias, "data", torch.full_like(restorer.vae.decoder.conv_out.bias, float("inf")))
+    with pytest.raises(NumericalError, match="VAE decoder produced"):
+        restorer.restore(lq, prompt="a cat", image_features=_features(), seed=0, **FAST)
