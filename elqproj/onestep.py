@@ -172,6 +172,7 @@ class OneStepSD(nn.Module):
             module.eval()
         self._sets: dict[str, AdapterSet] = {}
         self._pristine: dict[tuple[str, str], torch.Tensor] = {}
+        self._lora_parameters: dict[str, list[nn.Parameter]] = {}  # per set, found once (a scan of every name)
         self._active: str | None = None
         self._merged = False
         self._lock = threading.RLock()
@@ -311,6 +312,7 @@ class OneStepSD(nn.Module):
                 self.activate(None)
             self._unmerge()
             removed = self._sets.pop(name)
+            self._lora_parameters.pop(name, None)
             with warnings.catch_warnings():  # peft warns that a deleted adapter was active: intended here
                 warnings.filterwarnings("ignore", message=".*was active which is now deleted.*")
                 for component in _COMPONENTS:
@@ -388,11 +390,15 @@ class OneStepSD(nn.Module):
             for component, param_name in sorted(self.override_parameter_names(name))]
 
     def _apply_trainable(self, chosen: AdapterSet | None) -> None:
-        for model in (self.unet, self.vae):
-            model.requires_grad_(False)
-        if chosen is not None and chosen.trainable:
-            for param in self.trainable_parameters(chosen.name):
-                param.requires_grad_(True)
+        # peft's set_adapter marks the LoRA it activates trainable and every other LoRA frozen, and
+        # disable_adapters freezes them all: only the chosen set's LoRA and the overridable base
+        # parameters (shared by the sets that override them) need setting here.
+        trainable = chosen is not None and chosen.trainable
+        if chosen is not None:
+            for param in self.adapter_parameters(chosen.name):
+                param.requires_grad_(trainable)
+        for key in self._pristine:
+            self.base_parameter(*key).requires_grad_(trainable and key in chosen.overrides)
 
     def activate(self, name: str | None) -> None:
         """Make set ``name`` (or no set, ``None``) the one the next forward passes use."""
@@ -506,13 +512,15 @@ class OneStepSD(nn.Module):
                 if any(f".{n}." in k for n in names)}
 
     def adapter_parameters(self, set_name: str) -> list[nn.Parameter]:
-        """Trainable tensors of a set: its LoRA parameters (overrides are handled by the trainer)."""
-        out = []
-        for component in _COMPONENTS:
-            names = self._sets[set_name].adapters[component]
-            out += [p for k, p in getattr(self, component).named_parameters()
-                    if any(f".{n}." in k for n in names)]
-        return out
+        """The LoRA parameters of a set (:meth:`trainable_parameters` adds its overridden base parameters)."""
+        if set_name not in self._lora_parameters:
+            found = []
+            for component in _COMPONENTS:
+                names = self._sets[set_name].adapters[component]
+                found += [p for k, p in getattr(self, component).named_parameters()
+                          if any(f".{n}." in k for n in names)]
+            self._lora_parameters[set_name] = found
+        return list(self._lora_parameters[set_name])
 
     # ------------------------------------------------------------------ prompts
     def encode_prompt(self, prompts: Sequence[str], *, long_prompt: LongPromptMode = "truncate") -> torch.Tensor:
