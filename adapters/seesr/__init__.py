@@ -10,7 +10,7 @@ from . import restorer
 from .models import SeeSRControlNetModel, SeeSRUNet2DConditionModel
 # The restorer's __all__: SeeSRRestorer, the official defaults and the official preprocessing.
 from .restorer import *  # noqa: F401, F403
-from .sampler import SEESR_TILING, SeeSRConditioning, SeeSRStep, denoise, predict_noise
+from .sampler import SEESR_TILING, SeeSRConditioning, SeeSRStep, denoise, guided_noise, predict_noise
 
 __all__ = [
     *restorer.__all__,
@@ -20,5 +20,6 @@ __all__ = [
     "SeeSRStep",
     "SEESR_TILING",
     "denoise",
+    "guided_noise",
     "predict_noise",
 ]

@@ -33,7 +33,7 @@ from elqproj.errors import InvalidInputError
 
 from .models import SeeSRControlNetModel, SeeSRUNet2DConditionModel
 
-__all__ = ["SEESR_TILING", "StartPoint", "SeeSRStep", "SeeSRConditioning", "predict_noise", "denoise"]
+__all__ = ["SEESR_TILING", "StartPoint", "SeeSRStep", "SeeSRConditioning", "predict_noise", "guided_noise", "denoise"]
 
 StartPoint = Literal["lr", "noise"]
 
@@ -135,6 +135,52 @@ def _predict_noise_tiled(
                                          overlap=tiling.latent_overlap)
 
 
+def guided_noise(
+    unet: SeeSRUNet2DConditionModel,
+    controlnet: SeeSRControlNetModel,
+    latents: torch.Tensor,
+    timestep: torch.Tensor,
+    conditioning: SeeSRConditioning,
+    *,
+    guidance_scale: float = 5.5,
+    conditioning_scale: float = 1.0,
+    tiling: tiling_mod.TilingConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ε one denoising step consumes, for latents ``(1, 4, h, w)`` at ``timestep``.
+
+    One ControlNet + UNet evaluation of the classifier-free-guidance batch ``[negative; positive]``
+    (both rows see the same RAM/DAPE features; guidance only when ``guidance_scale > 1``), tiled when
+    h·w exceeds ``tiling.latent_tile``², then ``ε = ε_u + s·(ε_c − ε_u)``.
+
+    Returns:
+        ``(model_output, eps)``, float32: the networks' output before guidance ``(B, 4, h, w)`` (rows
+        ``[negative; positive]`` under guidance) and the guided ε ``(1, 4, h, w)``.
+    """
+    tiling = tiling or SEESR_TILING
+    c = conditioning
+    use_cfg = guidance_scale > 1.0
+    if use_cfg:
+        prompt_embeds = torch.cat([c.negative_embeds, c.prompt_embeds])
+        image_embeds = torch.cat([c.image_embeds, c.image_embeds])
+        condition = torch.cat([c.condition, c.condition])
+        model_input = torch.cat([latents, latents])
+    else:
+        prompt_embeds, image_embeds, condition, model_input = c.prompt_embeds, c.image_embeds, c.condition, latents
+
+    def evaluate(x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return predict_noise(unet, controlnet, x, timestep, cond, prompt_embeds, image_embeds,
+                             conditioning_scale=conditioning_scale)
+
+    if tiling.latent_needs_tiling(*latents.shape[-2:]):
+        model_output = _predict_noise_tiled(evaluate, model_input, condition, tiling)
+    else:
+        model_output = evaluate(model_input, condition).float()
+    if not use_cfg:
+        return model_output, model_output
+    uncond, cond = model_output.chunk(2)
+    return model_output, uncond + guidance_scale * (cond - uncond)
+
+
 def denoise(
     unet: SeeSRUNet2DConditionModel,
     controlnet: SeeSRControlNetModel,
@@ -188,34 +234,12 @@ def denoise(
         start = torch.tensor([start_steps], dtype=torch.long, device=device)
         latents = scheduler.add_noise(lr_latents.float(), latents, start)
 
-    use_cfg = guidance_scale > 1.0
-    c = conditioning
-    if use_cfg:
-        prompt_embeds = torch.cat([c.negative_embeds, c.prompt_embeds])
-        image_embeds = torch.cat([c.image_embeds, c.image_embeds])
-        condition = torch.cat([c.condition, c.condition])
-    else:
-        prompt_embeds, image_embeds, condition = c.prompt_embeds, c.image_embeds, c.condition
-
-    h, w = latents.shape[-2:]
-    tiled = tiling.latent_needs_tiling(h, w)
     timesteps = [t for t in scheduler.timesteps if int(t) <= start_steps]
     with tqdm(total=len(timesteps), desc="SeeSR", unit="step", disable=not progress, leave=False) as bar:
         for index, t in enumerate(timesteps):
-            model_input = torch.cat([latents, latents]) if use_cfg else latents
-
-            def evaluate(x: torch.Tensor, cond: torch.Tensor, t: torch.Tensor = t) -> torch.Tensor:
-                return predict_noise(unet, controlnet, x, t, cond, prompt_embeds, image_embeds,
-                                     conditioning_scale=conditioning_scale)
-
-            if tiled:
-                model_output = _predict_noise_tiled(evaluate, model_input, condition, tiling)
-            else:
-                model_output = evaluate(model_input, condition).float()
-            eps = model_output
-            if use_cfg:
-                uncond, cond = model_output.chunk(2)
-                eps = uncond + guidance_scale * (cond - uncond)
+            model_output, eps = guided_noise(unet, controlnet, latents, t, conditioning,
+                                             guidance_scale=guidance_scale, conditioning_scale=conditioning_scale,
+                                             tiling=tiling)
             latents_in = latents
             latents = scheduler.step(eps, t, latents, generator=generator, return_dict=False)[0]
             bar.update()
