@@ -87,6 +87,13 @@ class VSDRegularizer(nn.Module):
                 f"Regulariser LoRA does not fit: {len(missing)} missing (e.g. {missing[:2]}), "
                 f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}); was it saved with another rank or base?"
             )
+        wrong = [f"{k} {tuple(v.shape)} (expected {tuple(own[k].shape)})" for k, v in state.items()
+                 if tuple(v.shape) != tuple(own[k].shape)]
+        if wrong:
+            raise CheckpointMismatchError(
+                f"Regulariser LoRA does not fit: {len(wrong)} tensors of another shape (e.g. {wrong[:2]}); "
+                "was it saved with another rank or base?"
+            )
         params = dict(self.unet.named_parameters())
         with torch.no_grad():
             for key, value in state.items():

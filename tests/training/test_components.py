@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from elqproj.errors import ConfigError
+from elqproj.errors import CheckpointMismatchError, ConfigError
 from elqproj.training import checkpoints
 from elqproj.training.data import degradation_config
 from elqproj.training.perceptual import load_lpips
@@ -62,8 +62,13 @@ def test_only_the_regulariser_lora_is_trainable(regularizer):
 
 def test_regulariser_state_of_another_rank_is_refused(regularizer):
     other = VSDRegularizer.from_pretrained(TINY_SD21, lora_rank=2)
-    with pytest.raises(Exception, match="does not fit"):
-        regularizer.load_lora_state_dict(other.lora_state_dict() | {"unexpected": torch.zeros(1)})
+    with pytest.raises(CheckpointMismatchError, match=r"another shape .*\(expected \(4,"):
+        regularizer.load_lora_state_dict(other.lora_state_dict())
+
+
+def test_regulariser_state_with_other_keys_is_refused(regularizer):
+    with pytest.raises(CheckpointMismatchError, match="1 unexpected"):
+        regularizer.load_lora_state_dict(regularizer.lora_state_dict() | {"unexpected": torch.zeros(1)})
 
 
 def test_prompt_dropout_is_seeded_and_has_the_requested_rate():
