@@ -492,8 +492,9 @@ def _write_atomically(path: Path, write: Callable[[BinaryIO], Any]) -> None:
 # Validation
 
 
-def _check_values(x: torch.Tensor, name: str) -> None:
-    """Finite and within [0, 1] (up to RANGE_TOLERANCE); one pass over the data."""
+def _check_values(x: torch.Tensor, name: str) -> bool:
+    """Finite and within [0, 1] up to RANGE_TOLERANCE (one pass over the data); True when some value
+    lies in the tolerance band outside [0, 1], i.e. the caller must clamp."""
     lo, hi = (v.item() for v in torch.aminmax(x.detach()))
     if not (np.isfinite(lo) and np.isfinite(hi)):
         bad = (~torch.isfinite(x.detach())).sum().item()
@@ -506,6 +507,7 @@ def _check_values(x: torch.Tensor, name: str) -> None:
             f"{name} has values in [{lo:.4g}, {hi:.4g}] but images must be in [0, 1]; scale to [0, 1] "
             "(e.g. x / 255 for 8-bit data, (x + 1) / 2 for [-1, 1] data)"
         )
+    return lo < 0 or hi > 1
 
 
 def _require_floating_point(x: torch.Tensor, name: str) -> None:
@@ -577,8 +579,8 @@ def _array_to_tensor(array: np.ndarray, scale: float, name: str) -> tuple[torch.
     values = torch.from_numpy(np.array(array, dtype=np.float32, copy=True)).permute(2, 0, 1)[None]
     if scale != 1.0:
         values = values / scale
-    else:
-        _check_values(values, name)
+    elif _check_values(values, name):
+        values.clamp_(0, 1)
     channels = values.shape[1]
     color = values[:, :3] if channels >= 3 else values[:, :1].expand(-1, 3, -1, -1)
     alpha = values[:, channels - 1 :] if channels in (2, 4) else None
@@ -663,6 +665,9 @@ def _from_torch(x: torch.Tensor, max_pixels: int | None) -> tuple[torch.Tensor, 
     if channels == 1:
         images = images.repeat(1, 3, 1, 1)
     check_image_tensor(images, name="torch image")
+    lo, hi = torch.aminmax(images)
+    if lo < 0 or hi > 1:  # a few ulps outside [0, 1], within RANGE_TOLERANCE
+        images = images.clamp(0, 1)
     meta = ImageMeta(
         kind="torch",
         batched=batched,

@@ -242,7 +242,8 @@ def test_float_to_uint8_rounds_to_nearest():
 
 
 def test_values_within_tolerance_of_the_range_are_accepted():
-    to_tensor(torch.full((1, 3, 2, 2), 1 + 1e-7))
+    x, _ = to_tensor(torch.full((1, 3, 2, 2), 1 + 1e-7))
+    assert x.max().item() <= 1.0 and x.min().item() >= 1.0 - 1e-6
 
 
 # ---------------------------------------------------------------------------------------------
