@@ -97,8 +97,17 @@ def test_info_lists_backends_with_licences(capsys):
 
 
 def test_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "elqproj.cli", "--version"], capture_output=True, text=True)
-    assert out.returncode == 0 and out.stdout.startswith("elqproj ")
+    """The ``elqproj`` command pip installs (entry point elqproj.cli:main) runs and reports the version."""
+    from importlib.metadata import entry_points
+
+    import elqproj
+
+    (entry,) = [e for e in entry_points(group="console_scripts") if e.name == "elqproj"]
+    assert entry.value == "elqproj.cli:main"
+    script = Path(sys.executable).parent / "elqproj"
+    assert script.is_file(), f"no console script at {script}: install the package (pip install -e .)"
+    out = subprocess.run([str(script), "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == f"elqproj {elqproj.__version__}"
 
 
 class _CountingTagger:

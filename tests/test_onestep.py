@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from elqproj import ConfigError, DeviceError, Projector, load_restorer
-from elqproj.errors import CheckpointMismatchError
+from elqproj.errors import CheckpointMismatchError, InvalidInputError, WeightsNotFoundError
 from elqproj.devices import resolve_device_dtype
 from elqproj.onestep import OneStepSD
 from tests.conftest import GOLDEN_DIR, OSEDIFF_GOLDEN_PKL, TINY_SD21
@@ -80,7 +80,7 @@ def test_long_prompt_chunks_are_concatenated(shared):
 
 
 def test_prompts_must_be_strings(shared):
-    with pytest.raises(Exception, match="strings"):
+    with pytest.raises(InvalidInputError, match="Prompts must be strings, got int"):
         shared[0].engine.encode_prompt([3])
 
 
@@ -98,7 +98,7 @@ def test_merge_gives_the_same_result_and_needs_a_private_engine(shared):
 
 
 def test_encoder_noise_shape_is_checked(shared):
-    with pytest.raises(Exception, match=r"expected \(1, 4, 8, 9\)"):
+    with pytest.raises(InvalidInputError, match=r"encoder_noise has shape \(1, 4, 2, 2\), expected \(1, 4, 8, 9\)"):
         shared[1](_x(), shared[1].encode_prompt([""]), encoder_noise=torch.zeros(1, 4, 2, 2))
 
 
@@ -122,7 +122,7 @@ def test_osediff_refuses_an_s3diff_checkpoint():
 
 def test_base_that_is_not_sd_is_refused(tmp_path):
     (tmp_path / "unet").mkdir()
-    with pytest.raises(Exception, match="vae/config.json"):
+    with pytest.raises(WeightsNotFoundError, match="lacks unet/config.json, vae/config.json"):
         OneStepSD.from_pretrained(tmp_path, device="cpu")
 
 

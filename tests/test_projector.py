@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ from safetensors.torch import load_file
 
 from elqproj import ConfigError, InvalidInputError, Projector, ProjectorConfig, load_restorer
 from elqproj.errors import CheckpointMismatchError, UnknownNameError, WeightsNotFoundError
+from elqproj.imageio import to_tensor
 from tests.conftest import OSEDIFF_GOLDEN_PKL, SD21_HUB_ID, TINY_SD21, populate_hf_cache
 
 
@@ -144,12 +146,33 @@ def test_prompt_count_must_match_batch(projector):
         projector.project(torch.rand(2, 3, 64, 64), prompt=["only one"])
 
 
-def test_restore_runs_f_then_g_and_reports(projector, osediff):
-    res = projector.restore(_image(40, 32), backend=osediff, prompt="dog", seed=0, process_size=64)
+def test_restore_runs_f_then_g_and_reports(projector, osediff, monkeypatch):
+    """g receives f's output (not the ELQ input), and the result is g's output of it."""
+    seen = {}
+    restore = osediff.restore
+
+    @functools.wraps(restore)  # the same signature: the pipeline reads g's options from it
+    def spy(image, **kwargs):
+        seen["input"] = image.clone()
+        seen["output"] = restore(image, **kwargs)
+        return seen["output"]
+
+    monkeypatch.setattr(osediff, "restore", spy)
+    elq = _image(40, 32)
+    res = projector.restore(elq, backend=osediff, prompt="dog", seed=0, process_size=64)
     assert isinstance(res.image, Image.Image) and res.image.size == (80, 64)
     assert isinstance(res.lq, Image.Image) and res.lq.size == (80, 64)
     assert res.prompts == ["dog", "dog"] and res.lfo_passes == 0 and len(res.lq_passes) == 1
     assert set(res.timings) == {"prompt", "project", "restore", "total"}
+    g_input = seen["input"][..., :64, :80]
+    np.testing.assert_array_equal(_uint8(g_input), np.asarray(res.lq))  # g saw the LQ proxy f made
+    enlarged = torch.nn.functional.interpolate(to_tensor(elq)[0], size=(64, 80), mode="bicubic").clamp(0, 1)
+    assert (g_input - enlarged).abs().mean() > 0.05  # ... which is not the (enlarged) ELQ input
+    np.testing.assert_array_equal(_uint8(seen["output"][..., :64, :80]), np.asarray(res.image))
+
+
+def _uint8(x: torch.Tensor) -> np.ndarray:
+    return (x[0].permute(1, 2, 0).float().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
 
 def test_restore_with_a_backend_name_loads_it_once(projector):

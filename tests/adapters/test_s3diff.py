@@ -139,9 +139,15 @@ def test_merging_the_modulated_lora_is_refused(private_engine):
 
 
 def test_the_bare_base_runs_without_the_s3diff_lora(private_engine):
-    # A run with no active set must not reach S3Diff's (modulated) LoRA layers.
+    """With no active set the engine is the base model: S3Diff's (modulated) LoRA layers and its
+    fine-tuned conv_in are not reached, so the output equals a fresh base engine's bit for bit."""
+    latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    base = OneStepSD.from_pretrained(TINY_SD21, device="cpu", shared=False)
     with torch.no_grad(), private_engine.using(None):
-        private_engine.predict_noise(torch.zeros(1, 4, 8, 8), private_engine.encode_prompt([""]))
+        bare = private_engine.predict_noise(latent, private_engine.encode_prompt(["dog"]))
+    with torch.no_grad():
+        expected = base.predict_noise(latent, base.encode_prompt(["dog"]))
+    torch.testing.assert_close(bare, expected, rtol=0, atol=0)
 
 
 def test_unmodulated_use_of_the_adapter_set_raises(restorer):

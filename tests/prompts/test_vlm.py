@@ -71,8 +71,21 @@ def test_the_instruction_and_the_image_reach_the_model(tiny_vlm, monkeypatch):
     assert seen["pixel_values"].shape[0] == 1
 
 
-def test_the_default_instruction_asks_for_the_restored_content():
-    assert "as if its degradations were removed" in DEFAULT_INSTRUCTION
+def test_without_an_instruction_the_model_is_asked_the_default_question(vlm, monkeypatch):
+    """The default instruction (describe the content as if the degradations were removed) is what the
+    model reads when the caller gives none."""
+    seen = {}
+    generate = vlm.model.generate
+
+    def spy(**inputs):
+        seen.update(inputs)
+        return generate(**inputs)
+
+    monkeypatch.setattr(vlm.model, "generate", spy)
+    vlm(_images(1))
+    asked = seen["input_ids"][0].tolist()
+    expected = vlm.processor.tokenizer(DEFAULT_INSTRUCTION, add_special_tokens=False).input_ids
+    assert any(asked[i:i + len(expected)] == expected for i in range(len(asked))), "the default instruction's tokens"
 
 
 def test_bfloat16_runs(tiny_vlm):

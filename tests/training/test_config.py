@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from elqproj.errors import ConfigError
-from elqproj.training import load_config
+from elqproj.training import TrainingConfig, load_config
 from tests.conftest import REPO_ROOT
 
 CONFIGS = REPO_ROOT / "configs"
@@ -13,7 +13,23 @@ CONFIGS = REPO_ROOT / "configs"
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_every_shipped_config_is_valid(name):
-    load_config(CONFIGS / name)
+    """Each file validates, and every key it sets is a field of the config (nothing silently ignored)."""
+    import yaml
+
+    config = load_config(CONFIGS / name)
+    assert isinstance(config, TrainingConfig)
+    written = yaml.safe_load((CONFIGS / name).read_text())
+
+    def unknown(data: dict, model, prefix: str = "") -> list[str]:
+        found = []
+        for key, value in data.items():
+            if key not in type(model).model_fields:
+                found.append(prefix + key)
+            elif isinstance(value, dict) and hasattr(getattr(model, key), "model_fields"):
+                found += unknown(value, getattr(model, key), f"{prefix}{key}.")
+        return found
+
+    assert unknown(written, config) == []
 
 
 def test_main_config_has_the_paper_defaults():
