@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 
 from elqproj.errors import ConfigError, InvalidInputError, UnknownNameError
 
-__all__ = ["Registry", "RegistryEntry"]
+__all__ = ["Registry", "RegistryEntry", "import_object"]
 
 logger = logging.getLogger(__name__)
 
@@ -135,11 +135,9 @@ class Registry(Generic[T]):
         key = name.lower()
         if key not in self._imported:
             try:
-                loaded = EntryPoint(name=key, value=target, group=self.group).load()
-            except (ImportError, AttributeError, ValueError) as exc:
-                raise UnknownNameError(
-                    f"{self.kind.capitalize()} {name!r} is registered as {target!r}, which cannot be imported: {exc}"
-                ) from exc
+                loaded = import_object(target)
+            except UnknownNameError as exc:
+                raise UnknownNameError(f"{self.kind.capitalize()} {name!r} is registered as {exc}") from exc
             if not self._accepts(loaded):
                 raise UnknownNameError(f"{self.kind.capitalize()} {name!r} ({target!r}) is not {self._expected}.")
             self._imported[key] = loaded
@@ -167,3 +165,15 @@ class Registry(Generic[T]):
                                point.value, self.group, self._entries[key].target)
                 continue
             self._entries[key] = RegistryEntry(point.value, {"description": f"third-party {self.kind} ({point.value})"})
+
+
+def import_object(path: str) -> Any:
+    """The object at ``"package.module:attr"`` (importing the module).
+
+    Raises:
+        UnknownNameError: the module or attribute cannot be imported.
+    """
+    try:
+        return EntryPoint(name=path, value=path, group="elqproj").load()
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise UnknownNameError(f"{path!r}, which cannot be imported: {exc}") from exc

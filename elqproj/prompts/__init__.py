@@ -10,13 +10,12 @@ from elqproj.prompts.base import (
     PromptExtractor,
     PromptExtractorFactory,
     PromptResult,
-    as_prompt_extractor,
     describe_prompt_extractor,
     list_prompt_extractors,
     load_prompt_extractor,
     register_prompt_extractor,
 )
-from elqproj.prompts.fixed import CallablePrompt, EmptyPrompt, FixedPrompt
+from elqproj.prompts.fixed import CallablePrompt, EmptyPrompt, FixedPrompt, as_prompt_extractor
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -37,7 +37,6 @@ __all__ = [
     "load_prompt_extractor",
     "list_prompt_extractors",
     "describe_prompt_extractor",
-    "as_prompt_extractor",
     "PROMPT_EXTRACTORS",
     "image_list",
     "count_images",
@@ -79,6 +78,9 @@ class PromptExtractor(abc.ABC):
     """
 
     name: str = "custom"
+    #: ``(name, options)`` it was loaded with by :func:`load_prompt_extractor` (device and dtype left
+    #: out), so a pipeline can record how to load it again; ``None`` for one built otherwise.
+    load_spec: tuple[str, dict[str, Any]] | None = None
 
     @abc.abstractmethod
     def extract(self, images: Any) -> PromptResult:
@@ -140,7 +142,7 @@ def register_prompt_extractor(
     default_weights: str | None = None,
     overwrite: bool = False,
 ) -> None:
-    """Make ``load_prompt_extractor(name, ...)`` (and ``prompt=name`` in the pipeline) build an extractor.
+    """Make ``load_prompt_extractor(name, ...)`` (and ``prompt_extractor=name`` in the pipeline) build an extractor.
 
     Args:
         name: registry key, matched case-insensitively.
@@ -197,41 +199,8 @@ def load_prompt_extractor(
         raise ConfigError(
             f"The factory registered as {name!r} returned {type(extractor).__name__}, not a PromptExtractor."
         )
+    extractor.load_spec = (name.lower(), {"weights": weights, "revision": revision, **kwargs})
     return extractor
-
-
-def as_prompt_extractor(spec: Any) -> PromptExtractor:
-    """Turn whatever a user passes as ``prompt=`` into a :class:`PromptExtractor`.
-
-    The rule, in order:
-
-    * ``None`` or ``"none"`` -> the empty prompt (``""`` for every image);
-    * a :class:`PromptExtractor` -> itself;
-    * a registered name (``"ram"``, ``"dape"``, ``"vlm"``, ...; case-insensitive) ->
-      ``load_prompt_extractor(name)`` with its default weights;
-    * any other string -> that text for every image (``FixedPrompt``); use ``FixedPrompt("dape")`` to
-      force a literal text that happens to be a registered name;
-    * a callable ``images -> list[str]`` (or ``-> str`` for one image) -> wrapped (``CallablePrompt``).
-
-    Each call with a name loads a new extractor: load once with :func:`load_prompt_extractor` and pass the
-    object when calling repeatedly.
-    """
-    from elqproj.prompts.fixed import CallablePrompt, EmptyPrompt, FixedPrompt
-
-    if spec is None:
-        return EmptyPrompt()
-    if isinstance(spec, PromptExtractor):
-        return spec
-    if isinstance(spec, str):
-        if spec in PROMPT_EXTRACTORS:
-            return load_prompt_extractor(spec)
-        return FixedPrompt(spec)
-    if callable(spec):
-        return CallablePrompt(spec)
-    raise InvalidInputError(
-        f"prompt={spec!r} ({type(spec).__name__}) is not a prompt: pass None, a text, an extractor name "
-        f"({', '.join(list_prompt_extractors())}), a PromptExtractor, or a callable images -> list[str]."
-    )
 
 
 def usable_texts(texts: Any, num_images: int, *, source: str) -> list[str]:

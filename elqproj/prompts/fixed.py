@@ -1,4 +1,5 @@
-"""Prompt extractors without a model: the empty prompt, a fixed text, and any user callable."""
+"""Prompt extractors without a model (the empty prompt, a fixed text, any user callable), and the rule that
+turns what a user passes as a prompt into an extractor (:func:`as_prompt_extractor`)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,17 @@ from typing import Any
 import torch
 
 from elqproj.errors import InvalidInputError
-from elqproj.prompts.base import PromptExtractor, PromptResult, count_images, usable_texts
+from elqproj.prompts.base import (
+    PROMPT_EXTRACTORS,
+    PromptExtractor,
+    PromptResult,
+    count_images,
+    list_prompt_extractors,
+    load_prompt_extractor,
+    usable_texts,
+)
 
-__all__ = ["EmptyPrompt", "FixedPrompt", "CallablePrompt", "load_empty_prompt"]
+__all__ = ["EmptyPrompt", "FixedPrompt", "CallablePrompt", "load_empty_prompt", "as_prompt_extractor"]
 
 
 class EmptyPrompt(PromptExtractor):
@@ -76,3 +85,35 @@ def load_empty_prompt(
     if weights is not None:
         raise InvalidInputError(f"The 'none' prompt extractor has no weights; got weights={weights!r}.")
     return EmptyPrompt()
+
+
+def as_prompt_extractor(spec: Any) -> PromptExtractor:
+    """Turn whatever a user passes as ``prompt=`` into a :class:`PromptExtractor`.
+
+    The rule, in order:
+
+    * ``None`` or ``"none"`` -> the empty prompt (``""`` for every image);
+    * a :class:`PromptExtractor` -> itself;
+    * a registered name (``"ram"``, ``"dape"``, ``"vlm"``, ...; case-insensitive) ->
+      ``load_prompt_extractor(name)`` with its default weights;
+    * any other string -> that text for every image (``FixedPrompt``); use ``FixedPrompt("dape")`` to
+      force a literal text that happens to be a registered name;
+    * a callable ``images -> list[str]`` (or ``-> str`` for one image) -> wrapped (``CallablePrompt``).
+
+    Each call with a name loads a new extractor: load once with :func:`load_prompt_extractor` and pass the
+    object when calling repeatedly.
+    """
+    if spec is None:
+        return EmptyPrompt()
+    if isinstance(spec, PromptExtractor):
+        return spec
+    if isinstance(spec, str):
+        if spec in PROMPT_EXTRACTORS:
+            return load_prompt_extractor(spec)
+        return FixedPrompt(spec)
+    if callable(spec):
+        return CallablePrompt(spec)
+    raise InvalidInputError(
+        f"prompt={spec!r} ({type(spec).__name__}) is not a prompt: pass None, a text, an extractor name "
+        f"({', '.join(list_prompt_extractors())}), a PromptExtractor, or a callable images -> list[str]."
+    )
