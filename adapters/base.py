@@ -53,6 +53,9 @@ class RestorerCapabilities:
         base_model: Hub id of the default base diffusion model.
         default_weights: where the default restorer weights come from (Hub id / file / URL).
         paper: citation or arXiv id.
+        shares_projector_base: runs on the projector's SD2.1-base (OSEDiff): in a pipeline with a
+            projector it is loaded on the projector's base model, so one copy of the weights serves f and g.
+        supports_tiling: takes a :class:`~elqproj.tiling.TilingConfig` (:meth:`Restorer.configure_tiling`).
     """
 
     scale: int
@@ -67,6 +70,8 @@ class RestorerCapabilities:
     base_model: str
     default_weights: str | None
     paper: str
+    shares_projector_base: bool = False
+    supports_tiling: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,6 +87,9 @@ class Restorer(torch.nn.Module, abc.ABC):
 
     name: ClassVar[str]
     capabilities: ClassVar[RestorerCapabilities]
+    #: ``(name, options)`` it was loaded with by :func:`load_restorer` (device and dtype left out), so a
+    #: pipeline can record how to load it again; ``None`` for a restorer built otherwise.
+    load_spec: tuple[str, dict[str, Any]] | None = None
 
     @classmethod
     @abc.abstractmethod
@@ -133,11 +141,16 @@ class Restorer(torch.nn.Module, abc.ABC):
 
         The default implementation serves restorers built on a :class:`~elqproj.onestep.OneStepSD`
         engine (attribute ``engine``); others override it.
+
+        Raises:
+            ConfigError: the restorer's capabilities say it cannot tile.
         """
-        engine = getattr(self, "engine", None)
-        if engine is None:
-            raise ConfigError(f"The {self.name} restorer does not support tiling configuration.")
-        engine.tiling = config
+        if not self.capabilities.supports_tiling:
+            raise ConfigError(
+                f"The {self.name} restorer cannot tile (capabilities.supports_tiling is False): run it without "
+                "tiling options (--tiling auto, no --tile-size), or on smaller images."
+            )
+        self.engine.tiling = config
 
     @property
     def device(self) -> torch.device:
@@ -190,4 +203,7 @@ def load_restorer(name: str, weights: Any = None, **kwargs: Any) -> Restorer:
     Every argument is forwarded to the restorer's ``from_pretrained``; unspecified weights and base
     model fall back to the official defaults (downloaded from the Hub and cached).
     """
-    return get_restorer_class(name).from_pretrained(weights, **kwargs)
+    restorer = get_restorer_class(name).from_pretrained(weights, **kwargs)
+    options = {"weights": weights, **{k: v for k, v in kwargs.items() if k not in ("device", "dtype")}}
+    restorer.load_spec = (name.lower(), options)
+    return restorer

@@ -108,6 +108,8 @@ class OSEDiffRestorer(Restorer):
         base_model=SD21_BASE,
         default_weights=OSEDIFF_WEIGHTS_URL,
         paper="Wu et al., One-Step Effective Diffusion Network for Real-World Image Super-Resolution, NeurIPS 2024 (arXiv:2406.08177)",
+        shares_projector_base=True,
+        supports_tiling=True,
     )
 
     def __init__(self, engine: OneStepSD, adapter_set: str, *, weights: str = "") -> None:

@@ -120,6 +120,7 @@ class S3DiffRestorer(Restorer):
         base_model=S3DIFF_BASE,
         default_weights=S3DIFF_WEIGHTS,
         paper="Zhang et al., Degradation-Guided One-Step Image Super-Resolution with Diffusion Priors (arXiv:2409.17058)",
+        supports_tiling=True,
     )
 
     def __init__(

@@ -146,6 +146,7 @@ class SeeSRRestorer(Restorer):
         base_model=SD2_BASE,
         default_weights=None,
         paper="Wu et al., SeeSR: Towards Semantics-Aware Real-World Image Super-Resolution, CVPR 2024 (arXiv:2311.16518)",
+        supports_tiling=True,
     )
 
     def __init__(
@@ -244,6 +245,10 @@ class SeeSRRestorer(Restorer):
         restorer = cls(unet, controlnet, vae, text_encoder, tokenizer, scheduler,
                        prompt_extractor=extractor, tiling=tiling)
         return restorer.to(device=dev, dtype=dt)
+
+    def configure_tiling(self, config: tiling_mod.TilingConfig) -> None:
+        """Use ``config`` for the latent tiles of every denoising step and for VAE encoding/decoding."""
+        self.tiling = config
 
     # ---------------------------------------------------------------- stages
     def encode_prompt(self, texts: Sequence[str]) -> torch.Tensor:

@@ -33,7 +33,7 @@ from ..degradations import DegradationParams, DegradationPipeline
 from ..degradations.sampling import derive_seed
 from ..errors import ConfigError, NumericalError
 from ..onestep import OneStepOutput, OneStepSD
-from ..projector import SD21_BASE, Projector
+from ..projector import Projector
 from ..tiling import TilingConfig
 from . import checkpoints
 from .config import TrainingConfig
@@ -216,7 +216,7 @@ class IRIBTrainer:
         section, cls = self.config.restorer, self.restorer_class
         if section.base_model is not None:
             base, revision = section.base_model, section.revision
-        elif cls.capabilities.base_model == SD21_BASE:  # g runs on f's base (a local copy of it, say)
+        elif cls.capabilities.shares_projector_base:  # g runs on f's base (a local copy of it, say)
             base, revision = self.config.base_model, self.config.base_revision
         else:
             base, revision = cls.capabilities.base_model, section.revision
