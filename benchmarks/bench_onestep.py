@@ -126,12 +126,12 @@ def pipeline_row(engine: OneStepSD, f: Projector, g: Projector, size: int, dtype
     """Median stage timings of the whole pipeline: DAPE-sized tagger, f with LFO, OSEDiff-shaped g."""
     device = engine.device
     tagger = build_tagger(CONFIGS[args.tagger], device, engine.dtype, "seesr")
-    pipe = RestorationPipeline(f, OSEDiffRestorer(engine, g.adapter_set))
+    pipe = RestorationPipeline(OSEDiffRestorer(engine, g.adapter_set), projector=f, prompt_extractor=tagger)
     image = torch.rand(1, 3, size, size)
     timer = StageTimer(device)
 
     def restore() -> None:
-        result = pipe(image, prompt=tagger, lfo=args.lfo, seed=0, process_size=0, restorer_kwargs={"color_fix": "none"})
+        result = pipe(image, lfo=args.lfo, seed=0, process_size=0, restorer_options={"color_fix": "none"})
         for stage, seconds in result.timings.items():
             timer.record(stage, seconds)
 

@@ -2,7 +2,7 @@
 
     >>> from elqproj import Projector, load_restorer
     >>> proj = Projector.from_pretrained("my-projector", device="cuda")
-    >>> res = proj.restore("old_scan.jpg", backend="osediff", prompt="dape", lfo=2)
+    >>> res = proj.restore("old_scan.jpg", backend="osediff", prompt_extractor="ram", lfo=2)
     >>> res.image.save("restored.png")
 
 Heavy submodules (diffusers, transformers) are imported on first use of the names below.

@@ -28,8 +28,7 @@ from .devices import synchronize
 from .errors import InvalidInputError
 
 if TYPE_CHECKING:
-    from .adapters.base import Restorer
-    from .projector import Projector
+    from .pipeline import RestorationPipeline
 
 __all__ = [
     "Measurement",
@@ -145,8 +144,7 @@ def _run_side(size: int, process_size: int) -> int:
 
 
 def benchmark_restore(
-    projector: Projector,
-    backend: str | Restorer = "osediff",
+    pipeline: RestorationPipeline,
     *,
     sizes: Sequence[int] = (512,),
     batch: int = 1,
@@ -156,34 +154,32 @@ def benchmark_restore(
     repeats: int = 5,
     seed: int | None = 0,
     process_size: int = 512,
-    restorer_kwargs: dict[str, Any] | None = None,
+    restorer_options: dict[str, Any] | None = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """Time :meth:`Projector.restore <elqproj.projector.Projector.restore>` (Y, f with LFO, g) on
-    synthetic inputs, one row per size.
+    """Time a :class:`~elqproj.pipeline.RestorationPipeline` (Y, f with LFO, g) on synthetic inputs, one
+    row per size.
 
     For each size, ``warmup`` untimed calls, then ``repeats`` timed calls, each restoring
-    :func:`synthetic_images` ``(batch, 3, size, size)`` exactly as ``projector.restore`` would a user's
-    image of that size (moved to the device, enlarged, f, g, back to the CPU). An untrained projector
+    :func:`synthetic_images` ``(batch, 3, size, size)`` exactly as the pipeline would a user's image of
+    that size (moved to the device, enlarged, f, g, back to the CPU). An untrained projector
     (:meth:`Projector.from_base <elqproj.projector.Projector.from_base>`) costs exactly what a trained one
     does: the LoRA shapes are the same.
 
     Args:
-        projector: the projector f, on the device and dtype to measure.
-        backend: the restorer g: a registered name (loaded through ``projector.get_restorer``) or a
-            loaded restorer.
+        pipeline: the components to time (f may be absent: g alone), on the device and dtype to measure.
         sizes: side in pixels of the square input image (the ELQ image as the user has it). f and g run
             at this side, or at ``process_size`` when the side is smaller (the pipeline enlarges it
             first), padded to a multiple of 8; ``process_side`` in the rows says which.
         batch: images per call (one ``(batch, 3, size, size)`` tensor).
         lfo: Look-Forward-Once passes k (f runs k + 1 times, Y k + 2 times), or ``"auto"``.
-        prompt: the prompt extractor Y, as ``projector.restore`` takes it (None: the empty prompt).
+        prompt: a fixed text instead of the pipeline's prompt extractor (None: the extractor's prompts).
         warmup: untimed calls per size first (kernel selection, allocator growth, caches); >= 0.
         repeats: timed calls per size; >= 1. The rows give medians over them.
         seed: seed of the synthetic images and of the VAE posterior samples (None: images from seed 0,
             fresh posterior noise per call).
-        process_size: as in ``projector.restore`` (0: no enlargement).
-        restorer_kwargs: extra options for g's ``restore`` (e.g. ``{"steps": 20}``).
+        process_size: as in the pipeline call (0: no enlargement).
+        restorer_options: extra options for g's ``restore`` (e.g. ``{"steps": 20}``).
         progress: show a progress bar over the calls.
 
     Returns:
@@ -216,16 +212,15 @@ def benchmark_restore(
     from tqdm.auto import tqdm
 
     check_bench_options(sizes=sizes, batch=batch, warmup=warmup, repeats=repeats)
-    minimum = projector.engine.min_image_side
+    minimum = pipeline.min_image_side
     for size in sizes:
         if _run_side(size, process_size) < minimum:
             raise InvalidInputError(
                 f"Size {size} px runs at {_run_side(size, process_size)} px (process_size={process_size}), below "
                 f"the {minimum} px this model needs per side; benchmark sizes >= {minimum} (or a larger process_size)."
             )
-    restorer = projector.get_restorer(backend)
-    extractor = projector.get_prompt_extractor(prompt)
-    device = projector.device
+    restorer, extractor = pipeline.restorer, pipeline.prompt_extractor
+    device = pipeline.device
     host = f"cpu ({torch.get_num_threads()} threads)"
     rows = []
     calls_per_size = warmup + repeats
@@ -236,16 +231,16 @@ def benchmark_restore(
         bar.set_postfix(size=size)
 
         def restore_once() -> None:
-            result = projector.restore(images, backend=restorer, prompt=extractor, lfo=lfo, seed=seed,
-                                       process_size=process_size, restorer_kwargs=restorer_kwargs)
+            result = pipeline(images, prompt=prompt, lfo=lfo, seed=seed, process_size=process_size,
+                              restorer_options=restorer_options)
             # Keep the numbers only: holding every result's images would inflate the memory measured.
             calls.append((result.timings, result.lfo_passes, result.lq.shape[-1], result.image.shape[-1]))
             bar.update(1)
 
         row: dict[str, Any] = {
             "size": size, "batch": batch, "device": str(device), "device_name": device_name(device, host),
-            "dtype": str(projector.dtype).removeprefix("torch."), "backend": restorer.name,
-            "prompt": extractor.name, "lfo": lfo, "warmup": warmup, "repeats": repeats,
+            "dtype": str(pipeline.dtype).removeprefix("torch."), "backend": restorer.name,
+            "prompt": _prompt_label(prompt, extractor), "lfo": lfo, "warmup": warmup, "repeats": repeats,
         }
         try:
             measurement = time_calls(restore_once, device, warmup=warmup, repeats=repeats)
@@ -275,6 +270,13 @@ def benchmark_restore(
         rows.append(row)
     bar.close()
     return rows
+
+
+def _prompt_label(prompt: Any, extractor: Any) -> str:
+    """What conditioned the run: "fixed text", the extractor's name, or "none"."""
+    if prompt is not None:
+        return "fixed text"
+    return extractor.name if extractor is not None else "none"
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:

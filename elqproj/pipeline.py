@@ -14,23 +14,26 @@ so Y runs lfo + 2 times and the VAE encoder of f once per image.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
-from . import imageio
+from . import __version__, imageio
 from .devices import synchronize
-from .errors import InvalidInputError
+from .prompts.base import PromptResult
+from .errors import ConfigError, InvalidInputError, WeightsNotFoundError
 
 if TYPE_CHECKING:
     from .adapters.base import Restorer
-    from .projector import Projector
 
 __all__ = ["RestorationPipeline", "RestorationResult", "LFO_AUTO_CAP", "processing_size"]
 
@@ -80,34 +83,250 @@ class _Stopwatch:
             self.times[stage] = self.times.get(stage, 0.0) + time.perf_counter() - start
 
 
+class _ComponentSpec(BaseModel):
+    """A component loaded by registered name: ``load_<kind>(name, **options)`` loads it again."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    options: dict[str, Any] = {}
+
+
+class _PipelineSpec(BaseModel):
+    """``pipeline.json``: the projector's subfolder (or none: g alone), g and Y by name and options."""
+
+    model_config = ConfigDict(extra="forbid")
+    projector: str | None
+    restorer: _ComponentSpec
+    prompt_extractor: _ComponentSpec | None = None
+    elqproj_version: str = __version__
+
+
+def _component_spec(component: Any, kind: str, loader: str) -> _ComponentSpec:
+    """How ``component`` was loaded (``load_spec``, set by the registry loaders), as JSON-safe options."""
+    spec = getattr(component, "load_spec", None)
+    if spec is None:
+        raise ConfigError(
+            f"The {kind} {component!r} was not loaded by name, so the pipeline cannot record how to load it "
+            f"again: load it with {loader}(name, ...) or RestorationPipeline.from_components(...)."
+        )
+    name, options = spec
+    safe: dict[str, Any] = {}
+    for key, value in options.items():
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            raise ConfigError(
+                f"The {kind} {name!r} was loaded with {key}={value!r}, which pipeline.json cannot record; "
+                "pass it as a path, Hub id, number or text."
+            )
+        safe[key] = value
+    return _ComponentSpec(name=name, options=safe)
+
+
 def _tag_set(text: str) -> frozenset[str]:
     return frozenset(t.strip().lower() for t in text.split(",") if t.strip())
 
 
+#: The pipeline's own file in a saved pipeline directory (components in subfolders / by name).
+PIPELINE_CONFIG_NAME = "pipeline.json"
+#: How a saved projector is found again: the class, by path (as diffusers' model_index.json names its
+#: components), so that this module never imports the projector module (which builds on this one).
+PROJECTOR_CLASS = "elqproj.projector:Projector"
+PROJECTOR_SUBFOLDER = "projector"
+
+
 class RestorationPipeline:
-    """f (a :class:`~elqproj.projector.Projector`) followed by g (a :class:`~elqproj.adapters.base.Restorer`).
+    """The whole restoration: sizing, the prompt extractor Y, the projector f (with Look Forward Once)
+    and the frozen restorer g. The pipeline owns its three components.
+
+    Build it from loaded components, or with :meth:`from_components` from names and options (then it can
+    :meth:`save_pretrained` and :meth:`from_pretrained` the whole setup)::
+
+        pipe = RestorationPipeline.from_components(projector="my-projector", restorer="seesr",
+                                                   restorer_options={"weights": "path/to/seesr"},
+                                                   prompt_extractor="dape",
+                                                   prompt_extractor_options={"weights": "DAPE.pth"})
+        result = pipe("photo.jpg", lfo=2, seed=0)
 
     Args:
-        projector: the projector f.
-        restorer: the frozen restorer g.
+        restorer: g, a loaded :class:`~elqproj.adapters.base.Restorer`.
+        projector: f, a loaded :class:`~elqproj.projector.Projector`; ``None``: the identity (g alone on
+            the sized input; Look Forward Once needs a projector).
+        prompt_extractor: Y, a :class:`~elqproj.prompts.PromptExtractor` or a callable
+            ``images -> list[str]``; ``None``: no extraction (the empty prompt, unless a call passes
+            ``prompt=``).
     """
 
-    def __init__(self, projector: Projector, restorer: Restorer) -> None:
-        self.projector = projector
+    def __init__(self, restorer: Restorer, *, projector: Any = None, prompt_extractor: Any = None) -> None:
+        from .adapters.base import Restorer
+        from .prompts import PromptExtractor, as_prompt_extractor
+
+        if not isinstance(restorer, Restorer):
+            raise InvalidInputError(
+                f"restorer must be a loaded Restorer, got {type(restorer).__name__}; pass a name to "
+                "RestorationPipeline.from_components(restorer=...) to load one."
+            )
+        if projector is not None and not all(hasattr(projector, a) for a in ("encode_image", "encode_prompt", "engine")):
+            raise InvalidInputError(
+                f"projector must be a loaded Projector or None, got {type(projector).__name__}; pass a directory or "
+                "Hub id to RestorationPipeline.from_components(projector=...) to load one."
+            )
+        if isinstance(prompt_extractor, str):
+            raise InvalidInputError(
+                f"prompt_extractor={prompt_extractor!r} is a name: load it with "
+                "RestorationPipeline.from_components(prompt_extractor=...); a fixed text is the call's prompt=."
+            )
+        if prompt_extractor is not None and not isinstance(prompt_extractor, PromptExtractor):
+            prompt_extractor = as_prompt_extractor(prompt_extractor)  # a callable images -> list[str]
         self.restorer = restorer
+        self.projector = projector
+        self.prompt_extractor = prompt_extractor
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def from_components(
+        cls,
+        *,
+        restorer: Any = "osediff",
+        restorer_options: dict[str, Any] | None = None,
+        projector: Any = None,
+        projector_options: dict[str, Any] | None = None,
+        prompt_extractor: Any = None,
+        prompt_extractor_options: dict[str, Any] | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+    ) -> RestorationPipeline:
+        """Load the components named here (loaded objects are used as they are).
+
+        Args:
+            restorer: a registered restorer name (``"osediff"``, ``"seesr"``, ``"s3diff"``, …) or a loaded
+                Restorer; ``restorer_options`` go to its ``from_pretrained`` (``weights``, ``base_model``,
+                ``revision``, …). A restorer that declares ``shares_projector_base`` runs on the
+                projector's own base (one copy of the SD weights) unless ``base_model`` is given.
+            projector: a projector directory or Hub id, a loaded Projector, or ``None`` (g alone);
+                ``projector_options`` go to ``Projector.from_pretrained`` (``revision``, ``base_model``).
+            prompt_extractor: a registered extractor name (``"ram"``, ``"dape"``, ``"vlm"``; ``"none"``
+                is the same as ``None``), a loaded PromptExtractor or callable, or ``None``;
+                ``prompt_extractor_options`` go to :func:`~elqproj.prompts.load_prompt_extractor`
+                (``weights``, ``revision``, …).
+            device, dtype: where everything loaded here runs (default: CUDA if available, float32; the
+                extractor stays float32 unless its options say otherwise). A loaded projector decides
+                for the restorer.
+        """
+        from .adapters.base import Restorer, get_restorer_class, load_restorer
+        from .prompts import load_prompt_extractor
+        from .registry import import_object
+
+        options = dict(restorer_options or {})
+        if isinstance(projector, (str, os.PathLike)):
+            projector_class = import_object(PROJECTOR_CLASS)
+            projector = projector_class.from_pretrained(projector, device=device, dtype=dtype,
+                                                        **(projector_options or {}))
+        elif projector_options:
+            raise InvalidInputError("projector_options apply only when projector is a directory or Hub id.")
+        if projector is not None:
+            device, dtype = projector.device, projector.dtype
+        if isinstance(restorer, str):
+            if (projector is not None and get_restorer_class(restorer).capabilities.shares_projector_base
+                    and "base_model" not in options):
+                options["base_model"] = projector.config.base_model
+                options.setdefault("revision", projector.config.base_revision)
+            restorer = load_restorer(restorer, options.pop("weights", None), device=device, dtype=dtype, **options)
+        elif not isinstance(restorer, Restorer):
+            raise InvalidInputError(
+                f"restorer must be a registered name or a loaded Restorer, got {type(restorer).__name__}."
+            )
+        elif options:
+            raise InvalidInputError("restorer_options apply only when restorer is a name.")
+        extractor_options = dict(prompt_extractor_options or {})
+        if isinstance(prompt_extractor, str) and prompt_extractor.strip().lower() == "none":
+            prompt_extractor = None
+        if isinstance(prompt_extractor, str):
+            extractor_options.setdefault("device", device)
+            prompt_extractor = load_prompt_extractor(prompt_extractor, **extractor_options)
+        elif extractor_options:
+            raise InvalidInputError("prompt_extractor_options apply only when prompt_extractor is a name.")
+        return cls(restorer, projector=projector, prompt_extractor=prompt_extractor)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | os.PathLike,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+    ) -> RestorationPipeline:
+        """Load a setup written by :meth:`save_pretrained`: the projector from its subfolder, g and Y by
+        name with their recorded options, on ``device`` / ``dtype``."""
+        root = Path(directory)
+        path = root / PIPELINE_CONFIG_NAME
+        if not path.is_file():
+            raise WeightsNotFoundError(f"{root} is not a saved pipeline: {PIPELINE_CONFIG_NAME} is missing.")
+        try:
+            spec = _PipelineSpec.model_validate_json(path.read_text())
+        except ValueError as exc:
+            raise ConfigError(f"{path} is not a valid pipeline config: {exc}") from exc
+        projector = str(root / spec.projector) if spec.projector else None
+        extractor = spec.prompt_extractor
+        return cls.from_components(
+            restorer=spec.restorer.name, restorer_options=spec.restorer.options, projector=projector,
+            prompt_extractor=extractor.name if extractor else None,
+            prompt_extractor_options=extractor.options if extractor else None, device=device, dtype=dtype,
+        )
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write the setup to ``directory``: ``pipeline.json`` (which g and Y, with the options they were
+        loaded with) and the projector's own files in ``projector/``. g and Y must have been loaded by
+        name (their weights are referenced, not copied)."""
+        root = Path(directory)
+        restorer_spec = _component_spec(self.restorer, "restorer", "load_restorer")
+        extractor_spec = None
+        if self.prompt_extractor is not None:
+            extractor_spec = _component_spec(self.prompt_extractor, "prompt extractor", "load_prompt_extractor")
+        root.mkdir(parents=True, exist_ok=True)
+        if self.projector is not None:
+            self.projector.save_pretrained(root / PROJECTOR_SUBFOLDER)
+        spec = _PipelineSpec(projector=PROJECTOR_SUBFOLDER if self.projector is not None else None,
+                             restorer=restorer_spec, prompt_extractor=extractor_spec)
+        (root / PIPELINE_CONFIG_NAME).write_text(spec.model_dump_json(indent=2) + "\n")
+        return root
+
+    # -------------------------------------------------------------- settings
+    @property
+    def device(self) -> torch.device:
+        return self.projector.device if self.projector is not None else self.restorer.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.projector.dtype if self.projector is not None else self.restorer.dtype
+
+    @property
+    def min_image_side(self) -> int:
+        """The smallest side (px) the pipeline runs at: the projector's minimum, else 8."""
+        return self.projector.engine.min_image_side if self.projector is not None else 8
+
+    def configure_tiling(self, config: Any) -> None:
+        """Use ``config`` (:class:`~elqproj.tiling.TilingConfig`) for f's and g's latent and VAE tiling.
+
+        Raises:
+            ConfigError: g cannot tile (its capabilities say ``supports_tiling=False``).
+        """
+        self.restorer.configure_tiling(config)
+        if self.projector is not None:
+            self.projector.engine.tiling = config
 
     @torch.no_grad()
     def __call__(
         self,
         image: Any,
         *,
-        prompt: Any = None,
+        prompt: str | Sequence[str] | None = None,
         lfo: int | str = 0,
         seed: int | None = None,
         upscale: int = 1,
         process_size: int = 512,
         sample_posterior: bool = True,
-        restorer_kwargs: dict[str, Any] | None = None,
+        restorer_options: dict[str, Any] | None = None,
         progress: bool = False,
     ) -> RestorationResult:
         """Restore an extreme-LQ image.
@@ -115,72 +334,90 @@ class RestorationPipeline:
         Args:
             image: PIL image, path, numpy array, (B,3,H,W) float tensor in [0,1], or a list of same-size
                 images.
-            prompt: the prompt extractor Y — None / "none" (empty prompt, a trained path), a registered
-                extractor name ("ram", "dape", "vlm", …), any other text (used as a fixed prompt), a
-                :class:`~elqproj.prompts.PromptExtractor`, or any callable ``images -> list[str]``.
+            prompt: a fixed text for every image (or one per image) instead of the prompt extractor's;
+                ``None``: the extractor's prompts (the empty prompt without one). The extractor still
+                supplies image features to a restorer that uses them (SeeSR).
             lfo: refinement passes k (0 = no LFO; the paper recommends 2), or "auto": stop when the tag
-                set stops changing, at most :data:`LFO_AUTO_CAP` passes.
+                set stops changing, at most :data:`LFO_AUTO_CAP` passes. Needs a projector.
             seed: makes the VAE posterior samples of f and g reproducible.
             upscale: output/input size ratio. The ELQ image is first enlarged (bicubic) by ``upscale``;
                 f and g then run at that size (g with ``upscale=1``), as in training where ELQ, LQ and
                 HQ share one size.
             process_size: if the enlarged image's short side is below this, it is enlarged further so
                 the short side equals it (SD-based models work poorly below 512 px); 0 disables.
-            restorer_kwargs: extra options for g's ``restore`` (e.g. ``color_fix``, ``steps``).
-            progress: show a progress bar over the stages.
+            restorer_options: extra options for g's ``restore`` (e.g. ``color_fix``, ``steps``).
+            progress: show a progress bar over the stages (and g's own, where it has one).
         """
-        from .prompts import as_prompt_extractor
-
         if not (lfo == "auto" or (isinstance(lfo, int) and not isinstance(lfo, bool) and lfo >= 0)):
             raise InvalidInputError(f"lfo must be a non-negative integer or 'auto', got {lfo!r}.")
+        if lfo and self.projector is None:
+            raise InvalidInputError(
+                f"lfo={lfo!r}: Look Forward Once re-runs the projector, and this pipeline has none (g alone); "
+                "use lfo=0, or build the pipeline with a projector."
+            )
         if not isinstance(upscale, int) or isinstance(upscale, bool) or upscale < 1:
             raise InvalidInputError(f"upscale must be a positive integer, got {upscale!r}.")
-        extractor = as_prompt_extractor(prompt)
-        clock = _Stopwatch(self.projector.device)
+        clock = _Stopwatch(self.device)
         start = time.perf_counter()
 
         x, meta = imageio.to_tensor(image)
+        fixed = None if prompt is None else _fixed_texts(prompt, x.shape[0])
         x = _enlarge(x, upscale=upscale, process_size=process_size)
         padded, pad = imageio.pad_to_multiple(x, 8)
-        elq = (padded * 2 - 1).to(self.projector.device, self.projector.dtype)
-        cap = LFO_AUTO_CAP if lfo == "auto" else lfo
+        cap = (LFO_AUTO_CAP if lfo == "auto" else lfo) if self.projector is not None else 0
         bar = tqdm(total=cap + 3, desc="restore", disable=not progress, leave=False)
 
+        def extract(images: torch.Tensor, *, features: bool = False) -> PromptResult:
+            if fixed is not None and not (features and self.prompt_extractor is not None):
+                return PromptResult(texts=list(fixed))
+            if self.prompt_extractor is None:
+                return PromptResult(texts=[""] * images.shape[0])
+            result = self.prompt_extractor.extract(images)
+            return result if fixed is None else PromptResult(texts=list(fixed), image_features=result.image_features)
+
         with clock("prompt"):
-            result = extractor.extract(x)
-        prompts = [result.texts]
-        with clock("project"):
-            latent = self.projector.encode_image(elq, seed=seed, sample_posterior=sample_posterior)
-            lq = self._project(elq, latent, result.texts)
-        lq_passes = [lq]
-        bar.update(2)
+            texts = extract(x).texts
+        prompts = [texts]
         passes = 0
-        while passes < cap:
-            with clock("lfo"):
-                result = extractor.extract(lq)
-            changed = [_tag_set(a) != _tag_set(b) for a, b in zip(result.texts, prompts[-1])]
-            if lfo == "auto" and not any(changed):
-                logger.info("LFO stopped after %d passes: the prompts no longer change", passes)
-                break
-            prompts.append(result.texts)
-            with clock("lfo"):
-                lq = self._project(elq, latent, result.texts)
-            lq_passes.append(lq)
-            passes += 1
-            bar.update(1)
+        if self.projector is None:
+            lq = padded
+            lq_passes = []
+            bar.update(2)
+        else:
+            elq = (padded * 2 - 1).to(self.projector.device, self.projector.dtype)
+            with clock("project"):
+                latent = self.projector.encode_image(elq, seed=seed, sample_posterior=sample_posterior)
+                lq = self._project(elq, latent, texts)
+            lq_passes = [lq]
+            bar.update(2)
+            while passes < cap:
+                with clock("lfo"):
+                    texts = extract(lq).texts
+                changed = [_tag_set(a) != _tag_set(b) for a, b in zip(texts, prompts[-1])]
+                if lfo == "auto" and not any(changed):
+                    logger.info("LFO stopped after %d passes: the prompts no longer change", passes)
+                    break
+                prompts.append(texts)
+                with clock("lfo"):
+                    lq = self._project(elq, latent, texts)
+                lq_passes.append(lq)
+                passes += 1
+                bar.update(1)
         with clock("prompt"):
-            result = extractor.extract(lq)
+            result = extract(lq, features=self.restorer.capabilities.uses_image_features)
         prompts.append(result.texts)
         with clock("restore"):
-            kwargs = dict(restorer_kwargs or {})
+            options = dict(restorer_options or {})
             if self.restorer.accepts("process_size"):
-                kwargs.setdefault("process_size", 0)  # already sized above: no second pre-enlargement in g
+                options.setdefault("process_size", 0)  # already sized above: no second pre-enlargement in g
+            if self.restorer.accepts("progress"):
+                options.setdefault("progress", progress)
             if self.restorer.capabilities.uses_image_features and result.image_features is not None:
-                kwargs.setdefault("image_features", result.image_features)
-            # No prompt at all (extractor "none"): let g use its own default (S3Diff's official positive
-            # prompt, SeeSR's own tagger) rather than forcing the empty string on it.
+                options.setdefault("image_features", result.image_features)
+            # No prompt at all (no extractor, no text): let g use its own default (S3Diff's official
+            # positive prompt, SeeSR's own tagger) rather than forcing the empty string on it.
             g_prompt = result.texts if any(result.texts) else None
-            hq = self.restorer.restore(lq, prompt=g_prompt, seed=seed, upscale=1, **kwargs)
+            hq = self.restorer.restore(lq, prompt=g_prompt, seed=seed, upscale=1, **options)
         bar.update(bar.total - bar.n)
         bar.close()
         clock.times["total"] = time.perf_counter() - start
@@ -202,6 +439,19 @@ class RestorationPipeline:
         embeds = self.projector.encode_prompt(list(texts))
         out = self.projector(elq, embeds, latent=latent)
         return (out.image.float() * 0.5 + 0.5).cpu()
+
+
+def _fixed_texts(prompt: str | Sequence[str], batch: int) -> list[str]:
+    """``prompt`` as one text per image: a string serves every image, a sequence must have ``batch``."""
+    if isinstance(prompt, str):
+        return [prompt] * batch
+    texts = list(prompt) if isinstance(prompt, Sequence) else None
+    if texts is None or len(texts) != batch or not all(isinstance(t, str) for t in texts):
+        raise InvalidInputError(
+            f"prompt must be a text or a list of {batch} texts (one per image), got {prompt!r}; an extractor "
+            "name belongs in RestorationPipeline.from_components(prompt_extractor=...)."
+        )
+    return texts
 
 
 def _enlarged_size(height: int, width: int, *, upscale: int, process_size: int) -> tuple[int, int]:

@@ -96,7 +96,7 @@ class Projector(torch.nn.Module):
         self.engine = engine
         self.config = config
         self.adapter_set = adapter_set
-        self._restorers: dict[Any, Any] = {}  # loaded restorers and prompt extractors, by name + options
+        self._pipelines: dict[tuple, Any] = {}  # pipelines of restore(), by their components (see pipeline())
 
     # ---------------------------------------------------------------- creation
     @classmethod
@@ -285,60 +285,60 @@ class Projector(torch.nn.Module):
         lq = imageio.crop_padding((out.image.float() * 0.5 + 0.5).cpu(), pad)
         return imageio.from_tensor(lq, meta)
 
-    def restore(self, image: Any, *, backend: Any = "osediff", prompt: Any = None, lfo: int | str = 0,
-                backend_kwargs: dict[str, Any] | None = None, **kwargs: Any):
-        """f then g: see :meth:`elqproj.pipeline.RestorationPipeline.__call__` for every option.
+    def restore(
+        self,
+        image: Any,
+        *,
+        backend: Any = "osediff",
+        backend_options: dict[str, Any] | None = None,
+        prompt_extractor: Any = None,
+        prompt_extractor_options: dict[str, Any] | None = None,
+        prompt: str | Sequence[str] | None = None,
+        lfo: int | str = 0,
+        **kwargs: Any,
+    ):
+        """f then g in one call: ``proj.restore("photo.jpg", backend="seesr", prompt_extractor="dape", lfo=2)``.
 
-        ``backend``: a registered restorer name (loaded once with its default weights on this
-        projector's device/dtype, sharing the SD2.1 base where possible, then cached) or a loaded
-        :class:`~elqproj.adapters.base.Restorer`. ``backend_kwargs`` go to the loader of a named backend.
+        The components are those of :meth:`pipeline` (loaded once, then cached on this projector);
+        ``prompt`` (a fixed text), ``lfo`` and the other keyword arguments go to
+        :meth:`RestorationPipeline.__call__ <elqproj.pipeline.RestorationPipeline.__call__>`.
+
+        Returns:
+            :class:`~elqproj.pipeline.RestorationResult`.
         """
+        pipe = self.pipeline(backend, backend_options=backend_options, prompt_extractor=prompt_extractor,
+                             prompt_extractor_options=prompt_extractor_options)
+        return pipe(image, prompt=prompt, lfo=lfo, **kwargs)
+
+    def pipeline(
+        self,
+        backend: Any = "osediff",
+        *,
+        backend_options: dict[str, Any] | None = None,
+        prompt_extractor: Any = None,
+        prompt_extractor_options: dict[str, Any] | None = None,
+    ):
+        """The :class:`~elqproj.pipeline.RestorationPipeline` of this projector with restorer ``backend``
+        (a registered name loaded with ``backend_options`` on this projector's device and dtype, or a
+        loaded Restorer) and prompt extractor ``prompt_extractor`` (a registered name loaded with
+        ``prompt_extractor_options``, a loaded extractor or callable, or ``None``). Built on first use
+        and cached: LFO runs the extractor k + 2 times per image, and loading is the slow part."""
         from .pipeline import RestorationPipeline
 
-        pipe = RestorationPipeline(self, self.get_restorer(backend, **(backend_kwargs or {})))
-        return pipe(image, prompt=self.get_prompt_extractor(prompt), lfo=lfo, **kwargs)
-
-    def get_prompt_extractor(self, spec: Any, **loader_kwargs: Any):
-        """The prompt extractor for ``spec`` (see :func:`elqproj.prompts.as_prompt_extractor`); a registered
-        name is loaded once, on this projector's device, and cached (LFO calls it k + 2 times per image)."""
-        from .prompts import as_prompt_extractor, list_prompt_extractors, load_prompt_extractor
-
-        if isinstance(spec, str) and spec.lower() in list_prompt_extractors() and spec.lower() != "none":
-            key = ("prompt", spec.lower(), tuple(sorted((k, repr(v)) for k, v in loader_kwargs.items())))
-            if key not in self._restorers:
-                self._restorers[key] = load_prompt_extractor(spec, device=self.device, **loader_kwargs)
-            return self._restorers[key]
-        return as_prompt_extractor(spec)
-
-    def get_restorer(self, backend: Any, **loader_kwargs: Any):
-        """The restorer g for ``backend``: a loaded Restorer as is, or a registered name loaded once on
-        this projector's device/dtype (on the projector's base model when g uses the same one, so the
-        SD weights are shared) and cached. ``loader_kwargs`` go to the restorer's ``from_pretrained``."""
-        from .adapters.base import Restorer, get_restorer_class
-
-        if isinstance(backend, Restorer):
-            return backend
-        if not isinstance(backend, str):
-            raise InvalidInputError(
-                f"backend must be a restorer name ({', '.join(_known_restorers())}) or a loaded Restorer, "
-                f"got {type(backend).__name__}."
+        key = (_cache_key(backend, backend_options), _cache_key(prompt_extractor, prompt_extractor_options))
+        if key not in self._pipelines:
+            self._pipelines[key] = RestorationPipeline.from_components(
+                projector=self, restorer=backend, restorer_options=backend_options,
+                prompt_extractor=prompt_extractor, prompt_extractor_options=prompt_extractor_options,
             )
-        key = (backend.lower(), tuple(sorted((k, repr(v)) for k, v in loader_kwargs.items())))
-        if key not in self._restorers:
-            cls = get_restorer_class(backend)
-            kwargs = {"device": self.device, "dtype": self.dtype, **loader_kwargs}
-            if cls.capabilities.base_model == SD21_BASE and "base_model" not in kwargs:
-                # g runs on the projector's own base (SD2.1-base or a local copy of it): one shared engine.
-                kwargs["base_model"] = self.config.base_model
-                kwargs.setdefault("revision", self.config.base_revision)
-            self._restorers[key] = cls.from_pretrained(kwargs.pop("weights", None), **kwargs)
-        return self._restorers[key]
+        return self._pipelines[key]
 
 
-def _known_restorers() -> list[str]:
-    from .adapters.base import list_restorers
-
-    return list_restorers()
+def _cache_key(component: Any, options: dict[str, Any] | None) -> tuple:
+    """A name (case-insensitive) with its options, or a loaded object by identity."""
+    if isinstance(component, str):
+        return (component.lower(), tuple(sorted((k, repr(v)) for k, v in (options or {}).items())))
+    return (id(component), tuple(sorted((k, repr(v)) for k, v in (options or {}).items())))
 
 
 def _model_card(cfg: ProjectorConfig) -> str:
@@ -356,7 +356,7 @@ frozen restorer (OSEDiff, SeeSR, S3Diff) can handle.
 ```python
 from elqproj import Projector
 proj = Projector.from_pretrained("<this repo or folder>", device="cuda")
-result = proj.restore("photo.jpg", backend="osediff", prompt="dape", lfo=2)
+result = proj.restore("photo.jpg", backend="osediff", prompt_extractor="ram", lfo=2)
 result.image.save("restored.png")
 ```
 """

@@ -1,9 +1,9 @@
-"""Restore every image of a folder with a projector (f) and a restorer (g).
+"""Restore every image of a folder with a projector (f), a restorer (g) and a prompt extractor (Y).
 
     python examples/restore_folder.py photos/ restored/ --projector ./my-projector --backend osediff \
-        --prompt dape --lfo 2 --seed 0
+        --prompt-extractor ram --lfo 2 --seed 0
 
-Models are loaded once; each image is restored and written atomically as PNG.
+One RestorationPipeline holds the models, loaded once; each image is restored and written atomically as PNG.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from elqproj import ElqprojError, Projector
+from elqproj import ElqprojError, RestorationPipeline
 from elqproj.imageio import expand_image_paths, load_image, save_image
 
 
@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="osediff")
     parser.add_argument("--backend-weights", default=None)
     parser.add_argument("--base-model", default=None, help="override the projector's SD2.1 base (dir or Hub id)")
-    parser.add_argument("--prompt", default=None, help="text or extractor name (ram, dape, vlm, none)")
+    parser.add_argument("--prompt-extractor", default=None, help="extractor name (ram, dape, vlm)")
+    parser.add_argument("--prompt-weights", default=None, help="weights of the extractor (e.g. DAPE.pth)")
+    parser.add_argument("--prompt", default=None, help="a fixed text instead of the extractor's prompts")
     parser.add_argument("--lfo", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--process-size", type=int, default=512)
@@ -33,17 +35,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default=None)
     args = parser.parse_args(argv)
 
-    projector = Projector.from_pretrained(args.projector, device=args.device, dtype=args.dtype,
-                                          base_model=args.base_model)
-    loader = {"weights": args.backend_weights} if args.backend_weights else {}
-    restorer = projector.get_restorer(args.backend, **loader)
+    pipeline = RestorationPipeline.from_components(
+        projector=args.projector, projector_options={"base_model": args.base_model} if args.base_model else None,
+        restorer=args.backend, restorer_options={"weights": args.backend_weights} if args.backend_weights else None,
+        prompt_extractor=args.prompt_extractor,
+        prompt_extractor_options={"weights": args.prompt_weights} if args.prompt_weights else None,
+        device=args.device, dtype=args.dtype,
+    )
     out_dir = Path(args.output_dir)
     failed = 0
     for path in tqdm(expand_image_paths([args.input_dir]), unit="img"):
         try:
             image = load_image(path)
-            result = projector.restore(image, backend=restorer, prompt=args.prompt, lfo=args.lfo, seed=args.seed,
-                                       process_size=args.process_size)
+            result = pipeline(image, prompt=args.prompt, lfo=args.lfo, seed=args.seed, process_size=args.process_size)
             save_image(result.image, out_dir / f"{path.stem}.png")
             tqdm.write(f"{path.name}: prompts {result.prompts}, {result.timings['total']:.2f} s")
         except ElqprojError as exc:  # one bad file does not stop the batch

@@ -3,9 +3,9 @@
     python examples/web_service.py --projector ./my-projector --port 8000
     curl --data-binary @photo.jpg "http://127.0.0.1:8000/restore?lfo=2&seed=0" -o restored.png
 
-Standard library only (http.server); the same pattern fits FastAPI/Flask: build the Projector and the
-restorer at start-up, call ``projector.restore`` per request. The engine's lock makes concurrent
-requests on the shared SD base safe; they run one at a time on the GPU.
+Standard library only (http.server); the same pattern fits FastAPI/Flask: build one RestorationPipeline
+at start-up, call it per request. The engine's lock makes concurrent requests on the shared SD base
+safe; they run one at a time on the GPU.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlparse
 
 from PIL import Image
 
-from elqproj import ElqprojError, Projector
+from elqproj import ElqprojError, Projector, RestorationPipeline
 
 MAX_BODY = 50 * 1024 * 1024
 
@@ -27,9 +27,8 @@ class RestorationService:
     """Holds the loaded models; :meth:`restore_bytes` turns uploaded image bytes into PNG bytes."""
 
     def __init__(self, projector: Projector, backend: str = "osediff", *, prompt: str | None = None,
-                 process_size: int = 512, **backend_kwargs) -> None:
-        self.projector = projector
-        self.restorer = projector.get_restorer(backend, **backend_kwargs)
+                 process_size: int = 512, **backend_options) -> None:
+        self.pipeline = projector.pipeline(backend, backend_options=backend_options)
         self.prompt = prompt
         self.process_size = process_size
 
@@ -39,8 +38,7 @@ class RestorationService:
             image.load()
         except Exception as exc:  # PIL raises many types for bad uploads
             raise ElqprojError(f"The upload is not a readable image: {exc}") from exc
-        result = self.projector.restore(image, backend=self.restorer, prompt=self.prompt, lfo=lfo, seed=seed,
-                                        process_size=self.process_size)
+        result = self.pipeline(image, prompt=self.prompt, lfo=lfo, seed=seed, process_size=self.process_size)
         buffer = io.BytesIO()
         result.image.save(buffer, format="PNG")
         return buffer.getvalue()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
 import torch
 
-from elqproj import InvalidInputError, Projector
+from elqproj import InvalidInputError, Projector, RestorationPipeline
 from elqproj.benchmarking import benchmark_restore, format_table, synthetic_images
 from elqproj.cli import main
 from tests.conftest import OSEDIFF_GOLDEN_PKL, TINY_SD21
@@ -25,8 +26,9 @@ def _bench(tmp_path, *extra: str) -> list[str]:
 
 
 @pytest.fixture
-def tiny_projector():
-    return Projector.from_base(TINY_SD21, device="cpu")
+def tiny_pipeline():
+    return RestorationPipeline.from_components(projector=Projector.from_base(TINY_SD21, device="cpu"),
+                                               restorer="osediff", restorer_options={"weights": OSEDIFF_GOLDEN_PKL})
 
 
 def test_bench_writes_one_row_per_size_with_positive_times(tmp_path, capsys):
@@ -69,34 +71,33 @@ def test_bench_zero_repeats_is_an_error(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("option", [{"warmup": -1}, {"repeats": 0}, {"batch": 0}, {"sizes": []}, {"sizes": [0]}])
-def test_benchmark_restore_rejects_bad_settings(tiny_projector, option):
+def test_benchmark_restore_rejects_bad_settings(tiny_pipeline, option):
     settings = {"sizes": [64], "warmup": 0, "repeats": 1, "process_size": 0, **option}
     with pytest.raises(InvalidInputError):
-        benchmark_restore(tiny_projector, "osediff", **settings)
+        benchmark_restore(tiny_pipeline, **settings)
 
 
-def test_benchmark_restore_from_python_with_a_batch(tiny_projector):
-    restorer = tiny_projector.get_restorer("osediff", weights=str(OSEDIFF_GOLDEN_PKL))
-    rows = benchmark_restore(tiny_projector, restorer, sizes=[64], batch=2, prompt="a cat", warmup=1, repeats=2,
+def test_benchmark_restore_from_python_with_a_batch(tiny_pipeline):
+    rows = benchmark_restore(tiny_pipeline, sizes=[64], batch=2, prompt="a cat", warmup=1, repeats=2,
                              process_size=80)
     (row,) = rows
-    assert row["batch"] == 2 and row["repeats"] == 2 and row["prompt"] == "fixed"
+    assert row["batch"] == 2 and row["repeats"] == 2 and row["prompt"] == "fixed text"
     assert row["size"] == 64 and row["process_side"] == 80 and row["output_side"] == 80  # enlarged to process_size
     assert row["images_per_s"] == pytest.approx(2 / row["wall_s"])
     assert set(format_table(rows).splitlines()[0].split()) >= {"size", "project", "restore", "wall", "img/s"}
 
 
-def test_a_size_out_of_memory_gets_an_error_row_and_later_sizes_are_measured(tiny_projector, monkeypatch):
-    restorer = tiny_projector.get_restorer("osediff", weights=str(OSEDIFF_GOLDEN_PKL))
-    real_restore = tiny_projector.restore
+def test_a_size_out_of_memory_gets_an_error_row_and_later_sizes_are_measured(tiny_pipeline, monkeypatch):
+    real_restore = tiny_pipeline.restorer.restore
 
+    @functools.wraps(real_restore)
     def restore(images, **kwargs):
         if images.shape[-1] == 72:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return real_restore(images, **kwargs)
 
-    monkeypatch.setattr(tiny_projector, "restore", restore)
-    rows = benchmark_restore(tiny_projector, restorer, sizes=[72, 64], warmup=0, repeats=1, process_size=0)
+    monkeypatch.setattr(tiny_pipeline.restorer, "restore", restore)
+    rows = benchmark_restore(tiny_pipeline, sizes=[72, 64], warmup=0, repeats=1, process_size=0)
     assert rows[0]["size"] == 72 and rows[0]["error"] == "out of memory" and "wall_s" not in rows[0]
     assert rows[1]["size"] == 64 and "error" not in rows[1] and rows[1]["wall_s"] > 0
     lines = format_table(rows).splitlines()

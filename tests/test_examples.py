@@ -68,7 +68,7 @@ def test_web_service_example_serves_many_requests_with_models_loaded_once(tmp_pa
     finally:
         server.shutdown()
         server.server_close()
-    assert len(projector._restorers) == 1  # the restorer was loaded once, at start-up
+    assert len(projector._pipelines) == 1  # the pipeline (and its restorer) was built once, at start-up
 
 
 def test_register_restorer_example(tmp_path, projector_dir):

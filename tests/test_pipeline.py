@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import json
+
 import pytest
 import torch
 
-from elqproj import InvalidInputError, Projector, load_restorer
+from elqproj import ConfigError, InvalidInputError, Projector, WeightsNotFoundError, load_restorer
 from elqproj.pipeline import LFO_AUTO_CAP, RestorationPipeline
 from tests.conftest import OSEDIFF_GOLDEN_PKL, TINY_SD21
 
@@ -14,7 +17,12 @@ from tests.conftest import OSEDIFF_GOLDEN_PKL, TINY_SD21
 def pipeline():
     projector = Projector.from_base(TINY_SD21, device="cpu")
     restorer = load_restorer("osediff", weights=OSEDIFF_GOLDEN_PKL, base_model=TINY_SD21, device="cpu")
-    return RestorationPipeline(projector, restorer)
+    return RestorationPipeline(restorer, projector=projector)
+
+
+def _with(pipeline: RestorationPipeline, extractor) -> RestorationPipeline:
+    """The same f and g with prompt extractor ``extractor``."""
+    return RestorationPipeline(pipeline.restorer, projector=pipeline.projector, prompt_extractor=extractor)
 
 
 class ScriptedTagger:
@@ -51,7 +59,7 @@ def test_lfo_calls_the_extractor_k_plus_2_times_and_encodes_once(pipeline, lfo):
     tagger = ScriptedTagger([f"tag{i}" for i in range(10)])
     counts, handle = _count_projector_encodes(pipeline)
     try:
-        res = pipeline(_elq(), prompt=tagger, lfo=lfo, seed=0, process_size=0)
+        res = _with(pipeline, tagger)(_elq(), lfo=lfo, seed=0, process_size=0)
     finally:
         handle.remove()
     assert len(tagger.calls) == lfo + 2
@@ -63,7 +71,7 @@ def test_lfo_calls_the_extractor_k_plus_2_times_and_encodes_once(pipeline, lfo):
 
 def test_every_pass_conditions_on_the_previous_lq(pipeline):
     tagger = ScriptedTagger(["a", "b", "c"])
-    res = pipeline(_elq(), prompt=tagger, lfo=1, seed=0, process_size=0)
+    res = _with(pipeline, tagger)(_elq(), lfo=1, seed=0, process_size=0)
     torch.testing.assert_close(tagger.calls[1], res.lq_passes[0])
     torch.testing.assert_close(tagger.calls[2], res.lq_passes[1])
     assert not torch.allclose(res.lq_passes[0], res.lq_passes[1])  # a new prompt changes f's output
@@ -71,7 +79,7 @@ def test_every_pass_conditions_on_the_previous_lq(pipeline):
 
 def test_lfo_auto_stops_when_the_tags_stop_changing(pipeline):
     tagger = ScriptedTagger(["dog, gray", "dog, grass", "grass, dog", "cat"])
-    res = pipeline(_elq(), prompt=tagger, lfo="auto", seed=0, process_size=0)
+    res = _with(pipeline, tagger)(_elq(), lfo="auto", seed=0, process_size=0)
     # pass 1 changes the tag set, pass 2 returns the same set in another order: stop
     assert res.lfo_passes == 1
     assert res.prompts == ["dog, gray", "dog, grass", "cat"]
@@ -79,13 +87,13 @@ def test_lfo_auto_stops_when_the_tags_stop_changing(pipeline):
 
 def test_lfo_auto_is_capped(pipeline):
     tagger = ScriptedTagger([f"t{i}" for i in range(20)])
-    res = pipeline(_elq(), prompt=tagger, lfo="auto", seed=0, process_size=0)
+    res = _with(pipeline, tagger)(_elq(), lfo="auto", seed=0, process_size=0)
     assert res.lfo_passes == LFO_AUTO_CAP and len(tagger.calls) == LFO_AUTO_CAP + 2
 
 
 def test_batched_prompts_are_per_image(pipeline):
     tagger = ScriptedTagger([["a", "b"], ["c", "d"], ["e", "f"]])
-    res = pipeline(_elq(2), prompt=tagger, lfo=1, seed=0, process_size=0)
+    res = _with(pipeline, tagger)(_elq(2), lfo=1, seed=0, process_size=0)
     assert res.prompts == [["a", "b"], ["c", "d"], ["e", "f"]]
     assert res.image.shape == (2, 3, 64, 64)
 
@@ -93,6 +101,82 @@ def test_batched_prompts_are_per_image(pipeline):
 def test_fixed_text_and_no_prompt(pipeline):
     assert pipeline(_elq(), prompt="a dog", seed=0, process_size=0).prompts == ["a dog", "a dog"]
     assert pipeline(_elq(), prompt=None, seed=0, process_size=0).prompts == ["", ""]
+
+
+def test_a_fixed_text_replaces_the_extractor(pipeline):
+    tagger = ScriptedTagger(["from the tagger"])
+    res = _with(pipeline, tagger)(_elq(), prompt="a dog", lfo=1, seed=0, process_size=0)
+    assert res.prompts == ["a dog"] * 3 and tagger.calls == []
+
+
+@pytest.mark.parametrize("prompt", [["one", "two", "three"], [3, "x"], 7])
+def test_a_fixed_text_needs_one_string_per_image(pipeline, prompt):
+    with pytest.raises(InvalidInputError, match="one per image"):
+        pipeline(_elq(2), prompt=prompt, process_size=0)
+
+
+def test_an_extractor_name_is_not_a_prompt_extractor_object(pipeline):
+    with pytest.raises(InvalidInputError, match="from_components"):
+        RestorationPipeline(pipeline.restorer, prompt_extractor="ram")
+
+
+def test_without_a_projector_g_restores_the_sized_input(pipeline, monkeypatch):
+    alone = RestorationPipeline(pipeline.restorer)
+    seen = {}
+    restore = pipeline.restorer.restore
+
+    @functools.wraps(restore)
+    def spy(image, **kwargs):
+        seen["input"] = image.clone()
+        return restore(image, **kwargs)
+
+    monkeypatch.setattr(pipeline.restorer, "restore", spy)
+    x = torch.rand(1, 3, 40, 48, generator=torch.Generator().manual_seed(1))
+    res = alone(x, prompt="dog", seed=0, process_size=64)
+    expected = torch.nn.functional.interpolate(x, size=(64, 77), mode="bicubic").clamp(0, 1)
+    torch.testing.assert_close(seen["input"][..., :64, :77], expected)
+    assert res.image.shape == (1, 3, 64, 77) and res.lq_passes == [] and res.prompts == [["dog"], ["dog"]]
+    assert "project" not in res.timings
+
+
+def test_lfo_without_a_projector_is_refused(pipeline):
+    with pytest.raises(InvalidInputError, match="Look Forward Once re-runs the projector"):
+        RestorationPipeline(pipeline.restorer)(_elq(), lfo=1)
+
+
+def test_a_pipeline_saves_and_loads_its_whole_setup(tmp_path):
+    """from_components by name -> save_pretrained -> from_pretrained: the same f (weights), g (name and
+    weights) and Y, and the same result for the same seed."""
+    projector = Projector.from_base(TINY_SD21, device="cpu", shared=False)
+    with torch.no_grad():
+        for p in projector.engine.adapter_parameters(projector.adapter_set):
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)) * 0.05)
+    original = RestorationPipeline.from_components(
+        projector=projector, restorer="osediff", restorer_options={"weights": OSEDIFF_GOLDEN_PKL},
+        prompt_extractor="none", device="cpu")
+    saved = original.save_pretrained(tmp_path / "pipe")
+    spec = json.loads((saved / "pipeline.json").read_text())
+    assert spec["projector"] == "projector" and (saved / "projector" / "projector.safetensors").is_file()
+    assert spec["restorer"] == {"name": "osediff", "options": {
+        "weights": str(OSEDIFF_GOLDEN_PKL), "base_model": str(TINY_SD21), "revision": None}}
+    assert spec["prompt_extractor"] is None
+    loaded = RestorationPipeline.from_pretrained(saved, device="cpu")
+    assert loaded.restorer.name == "osediff" and loaded.prompt_extractor is None
+    for key, value in original.projector.state_for_saving().items():
+        torch.testing.assert_close(loaded.projector.state_for_saving()[key], value, rtol=0, atol=0)
+    a = original(_elq(), prompt="dog", seed=1, process_size=0).image
+    b = loaded(_elq(), prompt="dog", seed=1, process_size=0).image
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_component_not_loaded_by_name_cannot_be_saved(pipeline, tmp_path):
+    with pytest.raises(ConfigError, match="not loaded by name"):
+        _with(pipeline, ScriptedTagger(["x"])).save_pretrained(tmp_path / "pipe")
+
+
+def test_a_folder_without_pipeline_json_is_not_a_pipeline(tmp_path):
+    with pytest.raises(WeightsNotFoundError, match="pipeline.json is missing"):
+        RestorationPipeline.from_pretrained(tmp_path)
 
 
 def test_same_seed_same_result(pipeline):
@@ -117,3 +201,68 @@ def test_bad_lfo_is_rejected(pipeline, lfo):
 def test_bad_upscale_is_rejected(pipeline):
     with pytest.raises(InvalidInputError, match="upscale"):
         pipeline(_elq(), upscale=0)
+
+
+def test_seesr_receives_the_extractors_tags_and_image_features(monkeypatch):
+    """Y's texts and image features of g's input reach SeeSR's restore (its ControlNet and image
+    cross-attention are conditioned on them)."""
+    from elqproj.prompts import PromptExtractor, PromptResult
+    from tests.conftest import golden_set
+
+    features = torch.randn(1, 16, 512, generator=torch.Generator().manual_seed(5))
+
+    class Tagger(PromptExtractor):
+        name = "features"
+
+        def extract(self, images):
+            return PromptResult(texts=["bird, branch"], image_features=features)
+
+    seesr = load_restorer("seesr", weights=golden_set("seesr") / "seesr", base_model=TINY_SD21, device="cpu")
+    seen = {}
+    restore = seesr.restore
+
+    @functools.wraps(restore)
+    def spy(image, **kwargs):
+        seen.update(kwargs)
+        return restore(image, **kwargs)
+
+    monkeypatch.setattr(seesr, "restore", spy)
+    pipe = RestorationPipeline(seesr, projector=Projector.from_base(TINY_SD21, device="cpu"), prompt_extractor=Tagger())
+    res = pipe(_elq(), seed=0, process_size=0, restorer_options={"steps": 2})
+    assert seen["image_features"] is features and seen["prompt"] == ["bird, branch"]
+    assert seen["process_size"] == 0 and seen["upscale"] == 1 and seen["progress"] is False
+    assert res.image.shape == (3, 64, 64)
+
+
+def test_a_restorer_that_cannot_tile_says_so():
+    from elqproj import Restorer, RestorerCapabilities
+    from elqproj.tiling import TilingConfig
+
+    class Plain(Restorer):
+        name = "plain"
+        capabilities = RestorerCapabilities(
+            scale=1, steps=1, supports_fp16=True, supports_bf16=True, needs_prompt=False, uses_image_features=False,
+            differentiable=False, code_licence="MIT", weights_licence="none", base_model="", default_weights=None,
+            paper="")
+
+        @classmethod
+        def from_pretrained(cls, weights=None, **kwargs):
+            return cls()
+
+        def restore(self, image, *, prompt=None, seed=None, upscale=1):
+            return image
+
+    pipe = RestorationPipeline(Plain())
+    with pytest.raises(ConfigError, match="cannot tile"):
+        pipe.configure_tiling(TilingConfig(mode="always"))
+    assert pipe(_elq(), process_size=0).image.shape == (3, 64, 64)
+
+
+def test_seesr_takes_a_tiling_configuration():
+    from elqproj.tiling import TilingConfig
+    from tests.conftest import golden_set
+
+    seesr = load_restorer("seesr", weights=golden_set("seesr") / "seesr", base_model=TINY_SD21, device="cpu")
+    config = TilingConfig(latent_tile=6, latent_overlap=2)
+    RestorationPipeline(seesr).configure_tiling(config)
+    assert seesr.tiling is config

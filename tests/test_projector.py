@@ -176,9 +176,10 @@ def _uint8(x: torch.Tensor) -> np.ndarray:
 
 
 def test_restore_with_a_backend_name_loads_it_once(projector):
-    a = projector.get_restorer("osediff", weights=OSEDIFF_GOLDEN_PKL)
-    b = projector.get_restorer("osediff", weights=OSEDIFF_GOLDEN_PKL)
-    assert a is b and a.engine is projector.engine
+    a = projector.pipeline("osediff", backend_options={"weights": OSEDIFF_GOLDEN_PKL})
+    b = projector.pipeline("OSEDiff", backend_options={"weights": OSEDIFF_GOLDEN_PKL})
+    assert a is b and a.projector is projector
+    assert a.restorer.engine is projector.engine  # OSEDiff shares the projector's base: one copy of the weights
 
 
 def test_unknown_backend_lists_the_known_ones(projector):

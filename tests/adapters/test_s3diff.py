@@ -240,5 +240,5 @@ def test_projector_restores_through_s3diff_by_name():
     proj = Projector.from_base(TINY_SD21, device="cpu")
     img = Image.fromarray((_image(9, (64, 64))[0].permute(1, 2, 0).numpy() * 255).astype("uint8"))
     res = proj.restore(img, backend="s3diff", prompt="dog", seed=0, process_size=0,
-                       backend_kwargs={"weights": WEIGHTS, "de_net": DE_NET, "base_model": TINY_SD21})
+                       backend_options={"weights": WEIGHTS, "de_net": DE_NET, "base_model": TINY_SD21})
     assert isinstance(res.image, Image.Image) and res.image.size == (64, 64)
