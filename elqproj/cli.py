@@ -32,6 +32,18 @@ def output_paths(inputs: Sequence[Path], output: str) -> list[Path]:
     return [out / f"{p.stem}.png" for p in inputs]
 
 
+def _key_value(value: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as JSON where it is JSON (numbers, true/false, null), else text."""
+    key, sep, raw = value.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        parsed = raw
+    return key.strip().replace("-", "_"), parsed
+
+
 def _lfo(value: str) -> int | str:
     if value == "auto":
         return value
@@ -44,49 +56,45 @@ def _lfo(value: str) -> int | str:
     return number
 
 
-def _load_models(args: argparse.Namespace, *, fresh_projector: bool = False) -> tuple[Any, Any, Any]:
-    """``(projector, restorer, prompt)`` from the model options (:func:`_add_model_arguments`).
+def _load_pipeline(args: argparse.Namespace, *, fresh_projector: bool = False):
+    """The one :class:`~elqproj.pipeline.RestorationPipeline` every model command runs, from the model
+    options (:func:`_add_model_arguments`): f from ``--projector`` (without it g alone, or a fresh untrained
+    projector when ``fresh_projector``), g from ``--backend``, Y from ``--prompt-extractor`` (loaded once),
+    all on ``--device`` / ``--dtype``, with ``--tiling`` / ``--tile-size``.
 
-    projector: f from ``--projector``; without it ``None``, or a fresh untrained one
-    (``Projector.from_base``) when ``fresh_projector``. restorer: g from ``--backend`` (on the projector's
-    engine when there is one). prompt: the ``--prompt`` extractor, loaded once (or the text itself).
-    Everything on ``--device``/``--dtype`` with ``--tiling``/``--tile-size`` applied.
+    Returns:
+        ``(pipeline, the fixed --prompt text or None)``.
     """
-    from .adapters.base import load_restorer
+    from .pipeline import RestorationPipeline
     from .tiling import TilingConfig
 
-    loader: dict[str, Any] = {"device": args.device, "dtype": args.dtype}
-    if args.base_model:
-        loader["base_model"] = args.base_model
+    text, extractor = args.prompt, args.prompt_extractor
+    if args.prompt_weights and extractor is None:
+        raise InvalidInputError("--prompt-weights needs --prompt-extractor (the extractor they belong to).")
+    restorer_options: dict[str, Any] = dict(args.backend_option or [])
     if args.backend_weights:
-        loader["weights"] = args.backend_weights
+        restorer_options["weights"] = args.backend_weights
+    projector: Any = args.projector
+    if projector is None and fresh_projector:
+        from .projector import Projector
+
+        base = {"base_model": args.base_model} if args.base_model else {}
+        projector = Projector.from_base(**base, device=args.device, dtype=args.dtype)
+    projector_options = {"base_model": args.base_model} if args.base_model and args.projector else None
+    if args.base_model and projector is None:
+        restorer_options["base_model"] = args.base_model  # g alone: the base is g's
+    pipeline = RestorationPipeline.from_components(
+        projector=projector, projector_options=projector_options, restorer=args.backend,
+        restorer_options=restorer_options, prompt_extractor=extractor,
+        prompt_extractor_options={"weights": args.prompt_weights} if args.prompt_weights else None,
+        device=args.device, dtype=args.dtype,
+    )
     tile = {}
     if args.tile_size:  # official proportions: overlap a third of the 96-latent tile (32)
         tile = {"latent_tile": args.tile_size // 8, "latent_overlap": args.tile_size // 8 // 3}
-    tiling = TilingConfig(mode=args.tiling, **tile)
-    projector = None
-    if args.projector or fresh_projector:
-        from .projector import Projector
-
-        if args.projector:
-            projector = Projector.from_pretrained(args.projector, device=args.device, dtype=args.dtype,
-                                                  base_model=args.base_model)
-        else:
-            base = {"base_model": args.base_model} if args.base_model else {}
-            projector = Projector.from_base(**base, device=args.device, dtype=args.dtype)
-        restorer = projector.get_restorer(args.backend, **{k: v for k, v in loader.items() if k == "weights"})
-        projector.engine.tiling = tiling
-    else:
-        restorer = load_restorer(args.backend, **loader)
-    restorer.configure_tiling(tiling)
-    prompt = args.prompt
-    if args.prompt_weights:
-        from .prompts import load_prompt_extractor
-
-        prompt = load_prompt_extractor(args.prompt, weights=args.prompt_weights, device=args.device)
-    elif projector is not None:
-        prompt = projector.get_prompt_extractor(args.prompt)
-    return projector, restorer, prompt
+    if args.tiling != "auto" or tile:
+        pipeline.configure_tiling(TilingConfig(mode=args.tiling, **tile))
+    return pipeline, text
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:
@@ -101,25 +109,17 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         logger.info("skipping %d existing outputs", len(inputs) - len(todo))
     if not todo:
         return 0
-    projector, restorer, prompt = _load_models(args)
-    restorer_kwargs = {"color_fix": args.color_fix} if args.color_fix else {}
-    if projector is None and restorer.accepts("process_size"):
-        restorer_kwargs["process_size"] = args.process_size
+    pipeline, text = _load_pipeline(args)
+    restorer_options = dict(args.restore_option or [])
+    if args.color_fix:
+        restorer_options["color_fix"] = args.color_fix
     failures = 0
     for src, dst in tqdm(todo, desc="restore", unit="img", disable=args.quiet):
         try:
             image = imageio.load_image(src)
-            if projector is not None:
-                result = projector.restore(image, backend=restorer, prompt=prompt, lfo=args.lfo, seed=args.seed,
-                                           upscale=args.upscale, process_size=args.process_size,
-                                           restorer_kwargs=restorer_kwargs)
-                out = result.image
-            else:
-                from .prompts import as_prompt_extractor
-
-                texts = as_prompt_extractor(prompt)([image])
-                out = restorer.restore(image, prompt=texts[0], seed=args.seed, upscale=args.upscale, **restorer_kwargs)
-            imageio.save_image(out, dst, exif=image.info.get("exif"))
+            result = pipeline(image, prompt=text, lfo=args.lfo, seed=args.seed, upscale=args.upscale,
+                              process_size=args.process_size, restorer_options=restorer_options)
+            imageio.save_image(result.image, dst, exif=image.info.get("exif"))
         except ElqprojError as exc:
             failures += 1
             tqdm.write(f"error: {src}: {exc}", file=sys.stderr)
@@ -155,8 +155,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .benchmarking import benchmark_restore, check_bench_options, format_table
 
     check_bench_options(sizes=args.sizes, batch=args.batch, warmup=args.warmup, repeats=args.repeats)  # before loading
-    projector, restorer, prompt = _load_models(args, fresh_projector=True)
-    rows = benchmark_restore(projector, restorer, sizes=args.sizes, batch=args.batch, lfo=args.lfo, prompt=prompt,
+    pipeline, text = _load_pipeline(args, fresh_projector=True)
+    rows = benchmark_restore(pipeline, sizes=args.sizes, batch=args.batch, lfo=args.lfo, prompt=text,
                              warmup=args.warmup, repeats=args.repeats, seed=args.seed,
                              process_size=args.process_size, progress=not args.quiet)
     source = args.projector or "untrained (Projector.from_base)"
@@ -221,7 +221,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
             continue
         dtypes = "fp32" + ("/fp16" if cap["supports_fp16"] else "") + ("/bf16" if cap["supports_bf16"] else "")
         print(f"  {name:<10} x{cap['scale']}, {cap['steps']} step(s), {dtypes}, "
-              f"{'trainable-through' if cap['differentiable'] else 'inference-only'}; base {cap['base_model']}")
+              f"{'trainable-through' if cap['differentiable'] else 'inference-only'}, "
+              f"{'tiling' if cap['supports_tiling'] else 'no tiling'}; base {cap['base_model']}")
         print(f"  {'':<10} code {cap['code_licence']}; weights {cap['weights_licence']}")
     return 0
 
@@ -231,9 +232,12 @@ def _add_model_arguments(p: argparse.ArgumentParser, *, projector_help: str) -> 
     p.add_argument("--projector", help=projector_help)
     p.add_argument("--backend", default="osediff", help="restorer name (see `elqproj info`)")
     p.add_argument("--backend-weights", help="weights of the backend (path, Hub id or URL)")
+    p.add_argument("--backend-option", type=_key_value, action="append", metavar="KEY=VALUE",
+                   help="another loading option of the backend, repeatable (e.g. de_net=de_net.pth for s3diff)")
     p.add_argument("--base-model", help="SD base model directory or Hub id (overrides the default)")
-    p.add_argument("--prompt", help="prompt text, or an extractor name (none, ram, dape, vlm)")
-    p.add_argument("--prompt-weights", help="weights of the --prompt extractor (e.g. DAPE.pth)")
+    p.add_argument("--prompt-extractor", help="prompt extractor name (ram, dape, vlm, ...; default: none)")
+    p.add_argument("--prompt-weights", help="weights of the --prompt-extractor (e.g. DAPE.pth)")
+    p.add_argument("--prompt", help="a fixed prompt text instead of the extractor's prompts")
     p.add_argument("--lfo", type=_lfo, default=0, help="Look-Forward-Once passes, or 'auto' (default 0)")
     p.add_argument("--seed", type=int, default=None, help="random seed (reproducible results)")
     p.add_argument("--process-size", type=int, default=512,
@@ -256,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(p, projector_help="projector directory or Hub id; without it only the backend runs")
     p.add_argument("--upscale", type=int, default=1, help="output/input size ratio (default 1)")
     p.add_argument("--color-fix", choices=["adain", "wavelet", "none"], help="colour correction of g")
+    p.add_argument("--restore-option", type=_key_value, action="append", metavar="KEY=VALUE",
+                   help="another option of the backend's restore call, repeatable (e.g. steps=20 for seesr)")
     p.add_argument("--skip-existing", action="store_true", help="do not redo outputs that exist")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_restore)

@@ -9,11 +9,12 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from elqproj import Projector
 from elqproj.cli import main
-from tests.conftest import OSEDIFF_GOLDEN_PKL, TINY_SD21
+from tests.conftest import OSEDIFF_GOLDEN_PKL, TINY_SD21, golden_set
 
 
 def _write(path, w=40, h=32, seed=0):
@@ -141,8 +142,101 @@ def test_tag_prints_one_prompt_per_image(tmp_path, capsys, counting_tagger):
     assert all(x["prompt"] == "tags from w.pth" for x in lines) and counting_tagger.loads == 1
 
 
-def test_projector_loads_a_named_extractor_once(projector_dir, counting_tagger):
-    projector = Projector.from_pretrained(projector_dir, device="cpu")
-    first = projector.get_prompt_extractor("counting-test")
-    assert projector.get_prompt_extractor("counting-test") is first and counting_tagger.loads == 1
-    assert projector.get_prompt_extractor("a literal prompt")(["x"]) == ["a literal prompt"]
+@pytest.mark.parametrize("with_projector", [False, True], ids=["g-alone", "with-projector"])
+def test_a_named_extractor_loads_once_per_run(tmp_path, projector_dir, counting_tagger, with_projector):
+    for name, seed in (("a", 0), ("b", 1), ("c", 2)):
+        _write(tmp_path / "in" / f"{name}.png", seed=seed)
+    args = ["restore", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--backend-weights", str(OSEDIFF_GOLDEN_PKL),
+            "--base-model", str(TINY_SD21), "--prompt-extractor", "counting-test", "--prompt-weights", "w.pth",
+            "--device", "cpu", "--process-size", "64", "--lfo", "1" if with_projector else "0", "-q"]
+    if with_projector:
+        args += ["--projector", str(projector_dir)]
+    assert main(args) == 0
+    assert counting_tagger.loads == 1 and len(list((tmp_path / "out").iterdir())) == 3
+
+
+def test_prompt_weights_need_an_extractor_name(tmp_path, capsys):
+    src = _write(tmp_path / "in.png")
+    assert main(["restore", str(src), "-o", str(tmp_path / "o.png"), "--prompt", "a dog", "--prompt-weights",
+                 "w.pth", "--backend-weights", str(OSEDIFF_GOLDEN_PKL), "--base-model", str(TINY_SD21),
+                 "--device", "cpu"]) == 2
+    assert "--prompt-weights needs --prompt-extractor" in capsys.readouterr().err
+
+
+class _FeatureTagger:
+    """A tagger with SeeSR-style image features: fixed tags, (B, 16, 512) features, calls counted."""
+
+    calls = 0
+
+    def __new__(cls, weights=None, *, device=None, dtype=None, revision=None, **kwargs):
+        from elqproj.prompts import PromptExtractor, PromptResult
+
+        class Tagger(PromptExtractor):
+            name = "features-test"
+
+            def extract(self, images):
+                cls.calls += 1
+                batch = images.shape[0] if hasattr(images, "shape") else len(images)
+                features = torch.randn(batch, 16, 512, generator=torch.Generator().manual_seed(0))
+                return PromptResult(texts=["bird, tree"] * batch, image_features=features)
+
+        return Tagger()
+
+
+@pytest.fixture
+def seesr_base_cache(tmp_path_factory, tiny_sd21, monkeypatch):
+    """An offline Hub cache serving the tiny fixture as SeeSR's base (SD-2-base) and S3Diff's (SD-Turbo)."""
+    import huggingface_hub.constants as constants
+
+    from tests.conftest import populate_hf_cache
+
+    cache = tmp_path_factory.mktemp("hub")
+    files = {str(p.relative_to(tiny_sd21)): p for p in tiny_sd21.rglob("*") if p.is_file()}
+    for repo in ("stabilityai/stable-diffusion-2-base", "stabilityai/sd-turbo"):
+        populate_hf_cache(cache, repo, files)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture
+def feature_tagger():
+    from elqproj.prompts import register_prompt_extractor
+    from elqproj.prompts.base import PROMPT_EXTRACTORS
+
+    with PROMPT_EXTRACTORS.isolated():
+        _FeatureTagger.calls = 0
+        register_prompt_extractor("features-test", _FeatureTagger, overwrite=True)
+        yield _FeatureTagger
+
+
+@pytest.mark.parametrize("with_projector", [False, True], ids=["g-alone", "with-projector"])
+def test_seesr_restores_from_the_command_line(tmp_path, projector_dir, seesr_base_cache, feature_tagger,
+                                              with_projector):
+    src = _write(tmp_path / "in.png", 24, 16)
+    args = ["restore", str(src), "-o", str(tmp_path / "o.png"), "--backend", "seesr", "--backend-weights",
+            str(golden_set("seesr") / "seesr"), "--prompt-extractor", "features-test", "--restore-option", "steps=2",
+            "--tiling", "always", "--tile-size", "48", "--seed", "0", "--device", "cpu", "--process-size", "64", "-q"]
+    if with_projector:
+        args += ["--projector", str(projector_dir)]
+    assert main(args) == 0
+    assert Image.open(tmp_path / "o.png").size == (96, 64)
+    assert feature_tagger.calls == 2  # Y on the input (for f), and on g's input (tags and features for g)
+
+
+@pytest.mark.parametrize("with_projector", [False, True], ids=["g-alone", "with-projector"])
+def test_s3diff_restores_from_the_command_line(tmp_path, projector_dir, seesr_base_cache, with_projector):
+    src = _write(tmp_path / "in.png", 24, 16)
+    s3diff = golden_set("s3diff")
+    args = ["restore", str(src), "-o", str(tmp_path / "o.png"), "--backend", "s3diff", "--backend-weights",
+            str(s3diff / "s3diff.pkl"), "--backend-option", f"de_net={s3diff / 'de_net.pth'}", "--seed", "0",
+            "--device", "cpu", "--process-size", "64", "-q"]
+    if with_projector:
+        args += ["--projector", str(projector_dir)]
+    assert main(args) == 0
+    assert Image.open(tmp_path / "o.png").size == (96, 64)
+
+
+def test_a_malformed_key_value_option_is_a_usage_error(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["restore", "x.png", "-o", "y.png", "--backend-option", "no-equals-sign"])
