@@ -24,6 +24,7 @@ from elqproj.colorfix import ColorFix, apply_color_fix
 from elqproj.errors import CheckpointMismatchError, InvalidInputError
 from elqproj.hub import load_checkpoint, nested_entry, resolve_file
 from elqproj.onestep import OneStepOutput, OneStepSD, prompts_for_batch
+from elqproj.value_range import signed_to_unit, unit_to_signed
 
 from .base import Restorer, RestorerCapabilities
 
@@ -275,10 +276,10 @@ class OSEDiffRestorer(Restorer):
         prompts = prompts_for_batch(prompt, x.shape[0])
         device = self.engine.device
         embeds = self.encode_prompt(prompts, long_prompt=long_prompt)
-        lq = (x * 2 - 1).to(device, self.engine.dtype)
+        lq = unit_to_signed(x).to(device, self.engine.dtype)
         out = self.forward(lq, embeds, encoder_noise=encoder_noise, seed=seed, generator=generator,
                            sample_posterior=sample_posterior).image
-        restored = imageio.crop_padding((out.float() * 0.5 + 0.5).cpu(), pad)
+        restored = imageio.crop_padding(signed_to_unit(out.float()).cpu(), pad)
         if official_pil:
             restored = imageio.snap_to_uint8_levels(restored, truncate=True)  # the colour fix reads the PIL image back
         restored = apply_color_fix(restored, source.to(restored.dtype), color_fix)

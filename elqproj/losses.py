@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError, InvalidInputError
+from .value_range import signed_to_unit, unit_to_signed
 
 __all__ = [
     "gaussian_blur",
@@ -100,7 +101,7 @@ def lq_reconstruction_loss(
     Returns:
         The blurred MSE in [-1, 1] units (same units as the HQ terms).
     """
-    degraded = degrade_back((restored.float() * 0.5 + 0.5).clamp(0, 1)) * 2 - 1
+    degraded = unit_to_signed(degrade_back(signed_to_unit(restored.float()).clamp(0, 1)))
     return blur_mse(degraded, lq_target, sigma=sigma, kernel_size=kernel_size)
 
 

@@ -29,8 +29,9 @@ from tqdm.auto import tqdm
 
 from . import __version__, imageio
 from .devices import synchronize
-from .prompts.base import PromptResult
 from .errors import ConfigError, InvalidInputError, WeightsNotFoundError
+from .prompts.base import PromptResult
+from .value_range import signed_to_unit, unit_to_signed
 
 if TYPE_CHECKING:
     from .adapters.base import Restorer
@@ -384,7 +385,7 @@ class RestorationPipeline:
             lq_passes = []
             bar.update(2)
         else:
-            elq = (padded * 2 - 1).to(self.projector.device, self.projector.dtype)
+            elq = unit_to_signed(padded).to(self.projector.device, self.projector.dtype)
             with clock("project"):
                 latent = self.projector.encode_image(elq, seed=seed, sample_posterior=sample_posterior)
                 lq = self._project(elq, latent, texts)
@@ -438,7 +439,7 @@ class RestorationPipeline:
         """One f pass from the cached ELQ latent -> LQ proxy (B,3,H,W) in [0,1] on the CPU, float32."""
         embeds = self.projector.encode_prompt(list(texts))
         out = self.projector(elq, embeds, latent=latent)
-        return (out.image.float() * 0.5 + 0.5).cpu()
+        return signed_to_unit(out.image.float()).cpu()
 
 
 def _fixed_texts(prompt: str | Sequence[str], batch: int) -> list[str]:

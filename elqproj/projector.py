@@ -30,6 +30,7 @@ from . import __version__, imageio
 from .errors import CheckpointMismatchError, ConfigError, InvalidInputError
 from .hub import WeightsSpec, resolve_dir
 from .onestep import OneStepOutput, OneStepSD, prompts_for_batch
+from .value_range import signed_to_unit, unit_to_signed
 
 __all__ = ["Projector", "ProjectorConfig", "SD21_BASE"]
 
@@ -280,9 +281,9 @@ class Projector(torch.nn.Module):
         padded, pad = imageio.pad_to_multiple(x, 8)
         prompts = prompts_for_batch(prompt, x.shape[0])
         embeds = self.encode_prompt(prompts, long_prompt=long_prompt)
-        out = self((padded * 2 - 1).to(self.device, self.dtype), embeds, encoder_noise=encoder_noise, seed=seed,
+        out = self(unit_to_signed(padded).to(self.device, self.dtype), embeds, encoder_noise=encoder_noise, seed=seed,
                    sample_posterior=sample_posterior)
-        lq = imageio.crop_padding((out.image.float() * 0.5 + 0.5).cpu(), pad)
+        lq = imageio.crop_padding(signed_to_unit(out.image.float()).cpu(), pad)
         return imageio.from_tensor(lq, meta)
 
     def restore(

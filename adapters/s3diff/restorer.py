@@ -34,6 +34,7 @@ from elqproj.errors import CheckpointMismatchError, InvalidInputError
 from elqproj.hub import load_checkpoint, resolve_file
 from elqproj.onestep import OneStepOutput, OneStepSD, prompts_for_batch
 from elqproj.tiling import TilingConfig
+from elqproj.value_range import signed_to_unit, unit_to_signed
 
 from ..base import Restorer, RestorerCapabilities
 from .degradation_estimator import DegradationEstimator
@@ -282,7 +283,7 @@ class S3DiffRestorer(Restorer):
         """See :meth:`Restorer.training_forward`: :meth:`forward` without guidance (S3Diff's training
         forward), its degradation scores estimated from ``lq`` itself — in IRIB the LQ proxy already
         sits at the output resolution, so there is no separate un-upscaled input to score."""
-        return self(lq, self.estimate_degradation(lq * 0.5 + 0.5), prompt_embeds, generator=generator)
+        return self(lq, self.estimate_degradation(signed_to_unit(lq)), prompt_embeds, generator=generator)
 
     @torch.no_grad()
     def restore(
@@ -338,7 +339,7 @@ class S3DiffRestorer(Restorer):
         h, w = x.shape[-2:]
         size = (int(h * upscale), int(w * upscale))
         upscaled = x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        sr_input, pad = imageio.pad_to_multiple((upscaled * 2 - 1).clamp(-1, 1), _PAD_MULTIPLE, mode="reflect")
+        sr_input, pad = imageio.pad_to_multiple(unit_to_signed(upscaled).clamp(-1, 1), _PAD_MULTIPLE, mode="reflect")
         embeds = self.encode_prompt(prompts_for_batch(POSITIVE_PROMPT if prompt is None else prompt, batch),
                                     long_prompt=long_prompt)
         negative = None
@@ -347,7 +348,7 @@ class S3DiffRestorer(Restorer):
         out = self(sr_input.to(self.engine.dtype), deg_score, embeds, negative_embeds=negative,
                    guidance_scale=guidance_scale, encoder_noise=encoder_noise, seed=seed, generator=generator,
                    sample_posterior=sample_posterior, tiling=tiling)
-        restored = imageio.crop_padding(out.image.float(), pad) * 0.5 + 0.5
+        restored = signed_to_unit(imageio.crop_padding(out.image.float(), pad))
         reference = upscaled
         if official_pil:  # ToPILImage truncates both images; the colour fix reads them back
             restored = imageio.snap_to_uint8_levels(restored, truncate=True)

@@ -38,6 +38,7 @@ from elqproj.hub import WeightsSpec, resolve_dir
 from elqproj.devices import check_finite, resolve_device_dtype
 from elqproj.onestep import sd_base_files
 from elqproj.prompts.base import PromptExtractor, load_prompt_extractor
+from elqproj.value_range import signed_to_unit, unit_to_signed
 
 from .image_attention import IMAGE_CROSS_ATTENTION_DIM
 from .loading import load_seesr_controlnet, load_seesr_unet
@@ -261,16 +262,16 @@ class SeeSRRestorer(Restorer):
     def encode_image(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Scaled VAE latent ``(B, 4, H/8, W/8)`` float32 of ``x`` ``(B, 3, H, W)`` in [0, 1] (H, W multiples
         of 8): ``(mean + std·noise)·0.18215``, the official posterior *sample* with the draw ``noise``."""
-        posterior = tiling_mod.vae_encode(self.vae, (x * 2 - 1).to(self.vae.device, self.vae.dtype), self.tiling)
+        posterior = tiling_mod.vae_encode(self.vae, unit_to_signed(x).to(self.vae.device, self.vae.dtype), self.tiling)
         return posterior.sample(noise=noise).float() * self.vae.config.scaling_factor
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Image ``(B, 3, 8h, 8w)`` float32 in [0, 1] from scaled latents: ``(decode(z/0.18215)/2 + 0.5)``
+        """Image ``(B, 3, 8h, 8w)`` float32 in [0, 1] from scaled latents: ``signed_to_unit(decode(z / 0.18215))``
         clamped, the pipeline's output before its uint8 conversion."""
         z = (latents / self.vae.config.scaling_factor).to(self.vae.device, self.vae.dtype)
         decoded = check_finite(tiling_mod.vae_decode(self.vae, z, self.tiling), what="The VAE decoder",
                                dtype=self.vae.dtype)
-        return (decoded.float() / 2 + 0.5).clamp(0, 1)
+        return signed_to_unit(decoded.float()).clamp(0, 1)
 
     def latent_shape(self, x: torch.Tensor) -> tuple[int, int, int, int]:
         """Shape of the latents (and of ``latents=`` / ``encoder_noise=`` rows) for a condition image ``x``."""

@@ -35,6 +35,7 @@ from ..errors import ConfigError, NumericalError
 from ..onestep import OneStepOutput, OneStepSD
 from ..projector import Projector
 from ..tiling import TilingConfig
+from ..value_range import signed_to_unit, unit_to_signed
 from . import checkpoints
 from .config import TrainingConfig
 from .data import build_train_dataset, build_validation_batch, degradation_config
@@ -332,7 +333,7 @@ class IRIBTrainer:
         samples, VSD timesteps and noise, resampled degrade-backs.
         """
         cfg = self.config.loss
-        elq, lq, hq = (batch[key].to(self.device) * 2 - 1 for key in ("elq", "lq", "hq"))
+        elq, lq, hq = (unit_to_signed(batch[key].to(self.device)) for key in ("elq", "lq", "hq"))
         prompts = self._prompts(batch, generator)
         terms: dict[str, torch.Tensor] = {}
         with self.accelerator.autocast():
@@ -518,7 +519,7 @@ class IRIBTrainer:
             item = {key: value[index:index + 1] for key, value in batch.items()}
             generator = torch.Generator().manual_seed(self.config.seed)
             prompts = self._prompts(item, None)
-            elq = item["elq"].to(self.device) * 2 - 1
+            elq = unit_to_signed(item["elq"].to(self.device))
             with self.accelerator.autocast():
                 first = self.student(elq, self.student.encode_prompt(prompts), generator=generator).image
                 if self.restorer is None:
@@ -527,10 +528,10 @@ class IRIBTrainer:
                     restored = self.restorer.training_forward(first, self.restorer.encode_prompt(prompts),
                                                               generator=generator).image
                     middle = [first]
-            restored01 = (restored.float().cpu() * 0.5 + 0.5).clamp(0, 1)
+            restored01 = signed_to_unit(restored.float().cpu()).clamp(0, 1)
             mse = torch.mean((restored01 - item["hq"]) ** 2).item()
             psnrs.append(10 * math.log10(1 / max(mse, 1e-12)))
-            shown = [item["elq"]] + [(m.float().cpu() * 0.5 + 0.5).clamp(0, 1) for m in middle] + [restored01]
+            shown = [item["elq"]] + [signed_to_unit(m.float().cpu()).clamp(0, 1) for m in middle] + [restored01]
             if self.restorer is not None:
                 shown.append(item["lq"])
             rows.append(torch.cat(shown + [item["hq"]]))
