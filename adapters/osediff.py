@@ -16,21 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from elqproj import imageio
 from elqproj.colorfix import ColorFix, apply_color_fix
 from elqproj.errors import CheckpointMismatchError, InvalidInputError
 from elqproj.hub import load_checkpoint, nested_entry, resolve_file
-from elqproj.onestep import OneStepOutput, OneStepSD, prompts_for_batch
+from elqproj.onestep import SD21_BASE, OneStepOutput, OneStepSD, prompts_for_batch
 from elqproj.value_range import signed_to_unit, unit_to_signed
 
+from . import official_sizing
 from .base import Restorer, RestorerCapabilities
 
 __all__ = ["OSEDiffRestorer", "OSEDIFF_WEIGHTS_URL", "SD21_BASE"]
 
-SD21_BASE = "stabilityai/stable-diffusion-2-1-base"
 #: The official weights ship inside the GitHub repository (no Hub release).
 OSEDIFF_WEIGHTS_URL = "https://github.com/cswry/OSEDiff/raw/main/preset/models/osediff.pkl"
 
@@ -58,35 +57,10 @@ def _rename_adapter(key: str, official: str, full: str) -> str:
 
 
 def upscale_like_official(image: Image.Image, *, process_size: int, upscale: int) -> Image.Image:
-    """The official PIL resizing chain (test_osediff.py) for one RGB image.
-
-    If a side is below ``process_size // upscale``, first enlarge so the short side equals it
-    (bicubic, sizes truncated with ``int``); then ×``upscale`` bicubic; then Lanczos to the next lower
-    multiple of 8 (a resize, not a crop).
-    """
-    w, h = image.size
-    floor = process_size // upscale
-    if w < floor or h < floor:
-        scale = floor / min(w, h)
-        image = image.resize((int(scale * w), int(scale * h)), Image.BICUBIC)
-        w, h = image.size
-    image = image.resize((w * upscale, h * upscale), Image.BICUBIC)
-    w, h = image.size
-    return image.resize((w - w % 8, h - h % 8), Image.LANCZOS)
-
-
-def upscale_tensor(x: torch.Tensor, *, process_size: int, upscale: int) -> torch.Tensor:
-    """Tensor counterpart of :func:`upscale_like_official` for (B,3,H,W) [0,1] input, without the
-    multiple-of-8 resize (the tensor path pads and crops instead, keeping the exact scale)."""
-    h, w = x.shape[-2:]
-    floor = process_size // upscale
-    if w < floor or h < floor:
-        scale = floor / min(w, h)
-        x = F.interpolate(x, size=(int(scale * h), int(scale * w)), mode="bicubic", align_corners=False)
-        h, w = x.shape[-2:]
-    if upscale != 1:
-        x = F.interpolate(x, size=(h * upscale, w * upscale), mode="bicubic", align_corners=False)
-    return x.clamp(0, 1)
+    """The official PIL resizing chain of test_osediff.py for one RGB image: pre-enlargement and
+    ×``upscale`` bicubic, then Lanczos to the next lower multiple of 8 (:mod:`.official_sizing`)."""
+    return official_sizing.upscale_like_official(image, process_size=process_size, upscale=upscale,
+                                                 final_filter=Image.LANCZOS)
 
 
 class OSEDiffRestorer(Restorer):
@@ -271,7 +245,7 @@ class OSEDiffRestorer(Restorer):
             x = source
         else:
             x_in, meta = imageio.to_tensor(image)
-            source = upscale_tensor(x_in, process_size=process_size, upscale=upscale)
+            source = official_sizing.upscale_tensor(x_in, process_size=process_size, upscale=upscale)
             x, pad = imageio.pad_to_multiple(source, 8)
         prompts = prompts_for_batch(prompt, x.shape[0])
         device = self.engine.device

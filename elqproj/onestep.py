@@ -40,7 +40,7 @@ from .errors import CheckpointMismatchError, ConfigError, InvalidInputError
 from .devices import check_finite, resolve_device_dtype
 from .hub import WeightsSpec, resolve_dir
 
-__all__ = ["OneStepSD", "OneStepOutput", "AdapterSet", "LongPromptMode", "prompts_for_batch", "SD_BASE_FILES",
+__all__ = ["OneStepSD", "OneStepOutput", "AdapterSet", "LongPromptMode", "prompts_for_batch", "SD21_BASE", "SD_BASE_FILES",
            "sd_base_files"]
 
 LongPromptMode = Literal["truncate", "chunk"]
@@ -48,6 +48,9 @@ LongPromptMode = Literal["truncate", "chunk"]
 #: Hub allow-patterns of the files read from a diffusers-layout SD base, per part (the root's
 #: ``model_index.json``, then each component folder). Restorers that need only some parts select them
 #: with :func:`sd_base_files`.
+#: The Stable Diffusion 2.1-base the projector (and OSEDiff) run on: the one place this id is written.
+SD21_BASE = "stabilityai/stable-diffusion-2-1-base"
+
 SD_BASE_FILES: dict[str, tuple[str, ...]] = {
     "model_index": ("model_index.json",),
     "scheduler": ("scheduler/*.json",),

@@ -30,8 +30,6 @@ from torch import nn
 
 from elqproj import imageio
 from elqproj import tiling as tiling_mod
-from elqproj.adapters.base import Restorer, RestorerCapabilities
-from elqproj.adapters.osediff import upscale_tensor
 from elqproj.colorfix import ColorFix, apply_color_fix
 from elqproj.errors import CheckpointMismatchError, InvalidInputError, WeightsNotFoundError
 from elqproj.hub import WeightsSpec, resolve_dir
@@ -40,6 +38,8 @@ from elqproj.onestep import sd_base_files
 from elqproj.prompts.base import PromptExtractor, load_prompt_extractor
 from elqproj.value_range import signed_to_unit, unit_to_signed
 
+from .. import official_sizing
+from ..base import Restorer, RestorerCapabilities
 from .image_attention import IMAGE_CROSS_ATTENTION_DIM
 from .loading import load_seesr_controlnet, load_seesr_unet
 from .models import SeeSRControlNetModel, SeeSRUNet2DConditionModel
@@ -80,20 +80,10 @@ def official_prompt(tags: str, extra_prompt: str = "", added_prompt: str = OFFIC
 
 
 def upscale_like_official(image: Image.Image, *, process_size: int = 512, upscale: int = 4) -> Image.Image:
-    """The official PIL resizing for one RGB image (bicubic, Pillow's default filter, at every stage).
-
-    If a side is below ``process_size // upscale``, first enlarge so the short side equals it (sizes
-    truncated with ``int``); then ×``upscale``; then resize to the next lower multiple of 8.
-    """
-    w, h = image.size
-    floor = process_size // upscale
-    if w < floor or h < floor:
-        scale = floor / min(w, h)
-        image = image.resize((int(scale * w), int(scale * h)), Image.BICUBIC)
-    w, h = image.size
-    image = image.resize((w * upscale, h * upscale), Image.BICUBIC)
-    w, h = image.size
-    return image.resize((w // 8 * 8, h // 8 * 8), Image.BICUBIC)
+    """The official PIL resizing of test_seesr.py for one RGB image: pre-enlargement, ×``upscale``, and
+    the resize to the next lower multiple of 8, all bicubic (:mod:`..official_sizing`)."""
+    return official_sizing.upscale_like_official(image, process_size=process_size, upscale=upscale,
+                                                 final_filter=Image.BICUBIC)
 
 
 def _load_if_file(image: Any) -> Any:
@@ -363,7 +353,7 @@ class SeeSRRestorer(Restorer):
             sources, _ = imageio.to_tensor(upscaled)
             conditions, pad = sources, (0, 0)
         else:
-            sources = upscale_tensor(lr, process_size=process_size, upscale=upscale)
+            sources = official_sizing.upscale_tensor(lr, process_size=process_size, upscale=upscale)
             conditions, pad = imageio.pad_to_multiple(sources, 8)
         batch = lr.shape[0]
         tags, features = self._tags_and_features(lr, prompt, image_features)
