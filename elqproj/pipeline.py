@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
 from . import __version__, imageio
 from .devices import synchronize
 from .errors import ConfigError, InvalidInputError, WeightsNotFoundError
 from .prompts.base import PromptResult
+from .validation import ConfigModel
 from .value_range import signed_to_unit, unit_to_signed
 
 if TYPE_CHECKING:
@@ -84,18 +84,16 @@ class _Stopwatch:
             self.times[stage] = self.times.get(stage, 0.0) + time.perf_counter() - start
 
 
-class _ComponentSpec(BaseModel):
+class _ComponentSpec(ConfigModel):
     """A component loaded by registered name: ``load_<kind>(name, **options)`` loads it again."""
 
-    model_config = ConfigDict(extra="forbid")
     name: str
     options: dict[str, Any] = {}
 
 
-class _PipelineSpec(BaseModel):
+class _PipelineSpec(ConfigModel):
     """``pipeline.json``: the projector's subfolder (or none: g alone), g and Y by name and options."""
 
-    model_config = ConfigDict(extra="forbid")
     projector: str | None
     restorer: _ComponentSpec
     prompt_extractor: _ComponentSpec | None = None
@@ -263,10 +261,7 @@ class RestorationPipeline:
         path = root / PIPELINE_CONFIG_NAME
         if not path.is_file():
             raise WeightsNotFoundError(f"{root} is not a saved pipeline: {PIPELINE_CONFIG_NAME} is missing.")
-        try:
-            spec = _PipelineSpec.model_validate_json(path.read_text())
-        except ValueError as exc:
-            raise ConfigError(f"{path} is not a valid pipeline config: {exc}") from exc
+        spec = _PipelineSpec.model_validate_json(path.read_text())
         projector = str(root / spec.projector) if spec.projector else None
         extractor = spec.prompt_extractor
         return cls.from_components(

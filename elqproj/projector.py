@@ -23,18 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from safetensors.torch import load_file, save_file
 
 from . import __version__, imageio
-from .errors import CheckpointMismatchError, ConfigError, InvalidInputError
+from .errors import CheckpointMismatchError, ConfigError
 from .hub import WeightsSpec, resolve_dir
-from .onestep import OneStepOutput, OneStepSD, prompts_for_batch
+from .onestep import SD21_BASE, OneStepOutput, OneStepSD, prompts_for_batch
+from .validation import ConfigModel
 from .value_range import signed_to_unit, unit_to_signed
 
 __all__ = ["Projector", "ProjectorConfig", "SD21_BASE"]
 
-SD21_BASE = "stabilityai/stable-diffusion-2-1-base"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "projector.safetensors"
 
@@ -47,7 +47,7 @@ _VAE_TARGETS = r"^(encoder\..*(conv1|conv2|conv_in|conv_shortcut|conv|conv_out|t
 _instances = itertools.count()
 
 
-class ProjectorConfig(BaseModel):
+class ProjectorConfig(ConfigModel):
     """Everything that defines a projector's shape; saved as config.json and round-trips.
 
     Attributes:
@@ -59,8 +59,6 @@ class ProjectorConfig(BaseModel):
             the UNet conv_in), as "unet.<param>" / "vae.<param>".
         timestep: the fixed UNet timestep (999 as in OSEDiff).
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     base_model: str = SD21_BASE
     base_revision: str | None = None
@@ -114,11 +112,7 @@ class Projector(torch.nn.Module):
     ) -> Projector:
         """A fresh, untrained projector on ``base_model`` (LoRA B = 0: f starts as the base SD one-step
         x0 predictor). Extra keyword arguments set :class:`ProjectorConfig` fields."""
-        try:
-            cfg = ProjectorConfig(base_model=os.fspath(base_model), base_revision=revision,
-                                  lora_rank=lora_rank, **config)
-        except ValueError as exc:
-            raise ConfigError(f"Invalid projector configuration: {exc}") from exc
+        cfg = ProjectorConfig(base_model=os.fspath(base_model), base_revision=revision, lora_rank=lora_rank, **config)
         engine = OneStepSD.from_pretrained(base_model, revision=revision, device=device, dtype=dtype, shared=shared)
         return cls.from_engine(engine, cfg)
 
@@ -159,7 +153,7 @@ class Projector(torch.nn.Module):
         local = resolve_dir(pretrained, revision=revision, required=(CONFIG_NAME, WEIGHTS_NAME))
         try:
             cfg = ProjectorConfig.model_validate_json((local / CONFIG_NAME).read_text())
-        except ValueError as exc:
+        except ConfigError as exc:  # a saved file, not the caller's arguments: the checkpoint is wrong
             raise CheckpointMismatchError(f"{local / CONFIG_NAME} is not a projector config: {exc}") from exc
         if base_model is not None:
             cfg = cfg.model_copy(update={"base_model": os.fspath(base_model), "base_revision": None})

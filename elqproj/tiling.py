@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Literal
+from typing import Literal
 
 import pydantic
 import torch
@@ -29,6 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, InvalidInputError
+from .validation import ConfigModel
 
 __all__ = [
     "TilingConfig",
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 
-class TilingConfig(pydantic.BaseModel):
+class TilingConfig(ConfigModel):
     """When and how large inputs are tiled. Round-trips to JSON; invalid values raise ConfigError.
 
     ``mode``:
@@ -63,8 +64,6 @@ class TilingConfig(pydantic.BaseModel):
     OSEDiff/S3Diff command-line defaults.
     """
 
-    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
-
     mode: Literal["auto", "always", "never"] = "auto"
     latent_tile: int = pydantic.Field(96, ge=1)
     latent_overlap: int = pydantic.Field(32, ge=0)
@@ -81,27 +80,6 @@ class TilingConfig(pydantic.BaseModel):
                 f"latent_overlap ({self.latent_overlap}) must be smaller than latent_tile ({self.latent_tile})"
             )
         return self
-
-    # pydantic reports problems as ValidationError; the SDK promises ConfigError for bad configs.
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except pydantic.ValidationError as err:
-            raise ConfigError(f"invalid TilingConfig: {err}") from None
-
-    @classmethod
-    def model_validate(cls, obj: Any, **kwargs: Any) -> TilingConfig:
-        try:
-            return super().model_validate(obj, **kwargs)
-        except pydantic.ValidationError as err:
-            raise ConfigError(f"invalid TilingConfig: {err}") from None
-
-    @classmethod
-    def model_validate_json(cls, json_data: str | bytes, **kwargs: Any) -> TilingConfig:
-        try:
-            return super().model_validate_json(json_data, **kwargs)
-        except pydantic.ValidationError as err:
-            raise ConfigError(f"invalid TilingConfig: {err}") from None
 
     def latent_needs_tiling(self, h: int, w: int) -> bool:
         """Whether an ``h x w`` latent goes through :func:`tiled_latent_apply`."""

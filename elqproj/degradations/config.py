@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, field_validator
 
-from ._validation import ConfigModel
+from ..validation import ConfigModel
 
 __all__ = [
     "KernelType",

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import AfterValidator, Field
 
-from ._validation import ParamsModel
+from ..validation import ParamsModel
 from .config import BlurConfig, FinalSincConfig
 from .sampling import RandomDraws
 

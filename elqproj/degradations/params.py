@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from ._validation import ParamsModel
+from ..validation import ParamsModel
 from .config import ResizeDirection, ResizeMode
 from .kernels import BlurKernel
 from .sampling import MAX_SEED

@@ -28,10 +28,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import model_validator
 from torch import nn
 
 from elqproj.errors import CheckpointMismatchError, ConfigError
+from elqproj.validation import ConfigModel
 
 __all__ = [
     "RAMConfig",
@@ -49,7 +50,7 @@ _IMAGE_EMBED_DIM = 512
 _DAPE_LORA_SCALING = 1.0 / 8.0
 
 
-class RAMConfig(BaseModel):
+class RAMConfig(ConfigModel):
     """Architecture of a RAM tagger; the defaults are the released ``ram_swin_large_14m`` (Swin-L, 384²).
 
     Swin fields follow ``configs/swin/config_swinL_384.json`` (``image_res`` -> ``image_size``), head
@@ -57,7 +58,6 @@ class RAMConfig(BaseModel):
     etc.); ``num_classes`` is the length of the tag list.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     image_size: int = 384
     patch_size: int = 4
@@ -123,7 +123,7 @@ class RAMConfig(BaseModel):
             config = cls(**{**values, **overrides})
         except KeyError as exc:
             raise ConfigError(f"RAM config files {swin_config} / {q2l_config} lack the entry {exc}.") from exc
-        except ValidationError as exc:
+        except ConfigError as exc:
             raise ConfigError(f"RAM config files {swin_config} / {q2l_config} are inconsistent: {exc}") from exc
         if "vision_width" in swin and swin["vision_width"] != config.vision_width:
             raise ConfigError(f"{swin_config}: vision_width {swin['vision_width']} does not match embed_dim "
@@ -343,7 +343,7 @@ def infer_ram_config(state: Mapping[str, torch.Tensor], **overrides: Any) -> RAM
         raise CheckpointMismatchError(
             f"Cannot read the RAM architecture from the checkpoint: it lacks {exc}. Is it a RAM checkpoint?"
         ) from exc
-    except ValidationError as exc:
+    except ConfigError as exc:  # shapes read from a file, not the caller's arguments: the checkpoint is wrong
         raise CheckpointMismatchError(
             f"The checkpoint's shapes{' with ' + repr(overrides) if overrides else ''} give an invalid RAM "
             f"architecture: {exc}"

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from ..errors import ConfigError
+from ..validation import ConfigModel
+from ..onestep import SD21_BASE
 
 __all__ = [
     "TrainingConfig",
@@ -35,7 +37,6 @@ __all__ = [
     "OSEDIFF_NEGATIVE_PROMPT",
 ]
 
-SD21_BASE = "stabilityai/stable-diffusion-2-1-base"
 
 #: The negative prompt OSEDiff's training data emits for the VSD guidance (official dataset, unchanged).
 OSEDIFF_NEGATIVE_PROMPT = (
@@ -45,8 +46,8 @@ OSEDIFF_NEGATIVE_PROMPT = (
 )
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Section(ConfigModel):
+    """A config section: no unknown keys, immutable; bad values raise ConfigError naming the field."""
 
 
 class ProjectorSection(_Section):
@@ -275,20 +276,12 @@ def _parse_overrides(overrides: Mapping[str, Any] | Sequence[str] | None) -> dic
     return parsed
 
 
-def _describe(error: ValidationError) -> str:
-    lines = []
-    for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "(root)"
-        lines.append(f"  {where}: {item['msg'].removeprefix('Value error, ')} (got {item.get('input')!r})")
-    return "\n".join(lines)
-
-
 def validate_config(data: Mapping[str, Any], *, source: str = "config") -> TrainingConfig:
     """Validate a config mapping; problems raise :class:`ConfigError` naming each bad field."""
     try:
         return TrainingConfig.model_validate(dict(data))
-    except ValidationError as exc:
-        raise ConfigError(f"Invalid training {source}:\n{_describe(exc)}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"Invalid training {source}: {exc}") from None
 
 
 def load_config(

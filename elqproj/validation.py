@@ -1,8 +1,11 @@
-"""Pydantic base models whose validation failures are elqproj errors.
+"""Pydantic base models whose validation failures are elqproj errors: the one place where a
+``pydantic.ValidationError`` becomes an :class:`~elqproj.errors.ElqprojError`.
 
 Pydantic reports bad values as ``pydantic.ValidationError``; the SDK promises ``ElqprojError``
 subclasses. These bases translate at every entry point (constructor, ``model_validate``,
-``model_validate_json``) so that nested models are covered by the outermost call.
+``model_validate_json``) so that nested models are covered by the outermost call. Every config and
+parameter model of the package derives from :class:`ConfigModel` or :class:`ParamsModel`; the message
+names each bad field as ``section.field = value: reason``.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ..errors import ConfigError, ElqprojError, InvalidInputError
+from .errors import ConfigError, ElqprojError, InvalidInputError
 
 __all__ = ["ConfigModel", "ParamsModel"]
 
@@ -72,7 +75,8 @@ class _TranslatingModel(BaseModel):
 
 
 class ConfigModel(_TranslatingModel):
-    """Base of the degradation configs: bad values raise :class:`~elqproj.errors.ConfigError`."""
+    """Base of the configs (degradations, projector, training, taggers, saved pipelines): bad values raise
+    :class:`~elqproj.errors.ConfigError`."""
 
     error_type: ClassVar[type[ElqprojError]] = ConfigError
 
