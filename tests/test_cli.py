@@ -12,7 +12,6 @@ import pytest
 import torch
 from PIL import Image
 
-from elqproj import Projector
 from elqproj.cli import main
 from tests.conftest import OSEDIFF_GOLDEN_PKL, TINY_SD21, golden_set
 
