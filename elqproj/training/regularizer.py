@@ -16,22 +16,11 @@ from torch import nn
 from ..errors import CheckpointMismatchError
 from ..hub import WeightsSpec, resolve_dir
 from ..projector import ProjectorConfig
+from ..schedule import add_noise, x0_from_epsilon
 
-__all__ = ["VSDRegularizer", "x0_from_epsilon"]
+__all__ = ["VSDRegularizer"]
 
 ADAPTER = "vsd_regularizer"
-
-
-def x0_from_epsilon(
-    noisy_latents: torch.Tensor, epsilon: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor
-) -> torch.Tensor:
-    """DDPM ε → x0 per sample: x̂0 = (z_t − √(1−ᾱ_t)·ε̂) / √ᾱ_t, in float32.
-
-    Args:
-        noisy_latents, epsilon: ``(B, C, h, w)``; timesteps: ``(B,)`` integer; alphas_cumprod: ``(T,)`` ᾱ.
-    """
-    alpha = alphas_cumprod.to(noisy_latents.device, torch.float32)[timesteps].view(-1, 1, 1, 1)
-    return (noisy_latents.float() - (1 - alpha).sqrt() * epsilon.float()) / alpha.sqrt()
 
 
 class VSDRegularizer(nn.Module):
@@ -101,8 +90,7 @@ class VSDRegularizer(nn.Module):
 
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Forward diffusion z_t = √ᾱ_t·z + √(1−ᾱ_t)·ε per sample (``timesteps`` (B,) integers), float32."""
-        alpha = self.alphas_cumprod.to(torch.float32)[timesteps].view(-1, 1, 1, 1)
-        return alpha.sqrt() * latents.float() + (1 - alpha).sqrt() * noise.float()
+        return add_noise(latents, noise, timesteps, self.alphas_cumprod)
 
     def forward(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, prompt_embeds: torch.Tensor) -> torch.Tensor:
         """ε_reg(z_t, t, c): the regulariser's noise prediction (LoRA on), differentiable in the LoRA."""

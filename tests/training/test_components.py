@@ -12,7 +12,8 @@ from elqproj.training import checkpoints
 from elqproj.training.data import degradation_config
 from elqproj.training.perceptual import load_lpips
 from elqproj.training.prompting import drop_prompts
-from elqproj.training.regularizer import VSDRegularizer, x0_from_epsilon
+from elqproj.schedule import x0_from_epsilon
+from elqproj.training.regularizer import VSDRegularizer
 from tests.conftest import TINY_SD21
 
 
