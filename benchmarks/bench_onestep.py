@@ -68,7 +68,7 @@ def build_engine(device: torch.device, dtype: torch.dtype, tokenizer_dir: str | 
 
 
 def one_step(engine: OneStepSD, set_name: str, x: torch.Tensor, prompt: str, timer: StageTimer, tag: str) -> None:
-    engine._prompt_cache.clear()  # measure the text encoder every time
+    engine.prompt_encoder.clear()  # measure the text encoder every time
     with engine.using(set_name):
         with timer.stage(f"{tag}.prompt"):
             embeds = engine.encode_prompt([prompt])

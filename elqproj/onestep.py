@@ -25,12 +25,11 @@ import re
 import threading
 import warnings
 import weakref
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,11 +38,12 @@ from . import tiling as tiling_mod
 from .errors import CheckpointMismatchError, ConfigError, InvalidInputError
 from .devices import check_finite, resolve_device_dtype
 from .hub import WeightsSpec, resolve_dir
+from .schedule import x0_from_epsilon
+from .text_encoding import LongPromptMode, PromptEncoder
 
 __all__ = ["OneStepSD", "OneStepOutput", "AdapterSet", "LongPromptMode", "prompts_for_batch", "SD21_BASE", "SD_BASE_FILES",
            "sd_base_files"]
 
-LongPromptMode = Literal["truncate", "chunk"]
 
 #: Hub allow-patterns of the files read from a diffusers-layout SD base, per part (the root's
 #: ``model_index.json``, then each component folder). Restorers that need only some parts select them
@@ -179,8 +179,7 @@ class OneStepSD(nn.Module):
         self._active: str | None = None
         self._merged = False
         self._lock = threading.RLock()
-        self._prompt_cache: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
-        self._prompt_cache_size = prompt_cache_size
+        self.prompt_encoder = PromptEncoder(tokenizer, text_encoder, cache_size=prompt_cache_size)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -254,7 +253,7 @@ class OneStepSD(nn.Module):
         for store in [self._pristine] + [s.overrides for s in self._sets.values()]:
             for key, value in store.items():
                 store[key] = fn(value)
-        self._prompt_cache.clear()
+        self.prompt_encoder.clear()
         return self
 
     # ------------------------------------------------------------- adapter sets
@@ -527,56 +526,9 @@ class OneStepSD(nn.Module):
 
     # ------------------------------------------------------------------ prompts
     def encode_prompt(self, prompts: Sequence[str], *, long_prompt: LongPromptMode = "truncate") -> torch.Tensor:
-        """Text embeddings ``(B, 77·k, D)`` in the engine dtype; cached per prompt string.
-
-        ``long_prompt="truncate"`` is the official behaviour (77 tokens, truncation, padding with the
-        pad token, last hidden state, no attention mask): k = 1. ``"chunk"`` splits a longer prompt
-        into 75-token chunks, encodes each as its own 77-token sequence and concatenates them; prompts
-        with fewer chunks are padded with empty-chunk embeddings so the batch stacks.
-        """
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        if long_prompt not in ("truncate", "chunk"):
-            raise InvalidInputError(f"long_prompt={long_prompt!r}; use 'truncate' or 'chunk'.")
-        bad = [p for p in prompts if not isinstance(p, str)]
-        if bad:
-            raise InvalidInputError(f"Prompts must be strings, got {type(bad[0]).__name__}: {bad[0]!r}.")
-        embeds = [self._encode_one(p, long_prompt) for p in prompts]
-        longest = max(e.shape[1] for e in embeds)
-        if any(e.shape[1] != longest for e in embeds):
-            empty = self._encode_one("", "truncate")
-            embeds = [torch.cat([e] + [empty] * ((longest - e.shape[1]) // empty.shape[1]), dim=1) for e in embeds]
-        return torch.cat(embeds, dim=0)
-
-    def _token_chunks(self, text: str, mode: LongPromptMode) -> torch.Tensor:
-        tok = self.tokenizer
-        length = tok.model_max_length
-        if mode == "truncate":
-            ids = tok(text, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
-            return ids
-        body = tok(text, add_special_tokens=False, truncation=False).input_ids
-        width = length - 2
-        chunks = [body[i:i + width] for i in range(0, len(body), width)] or [[]]
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        rows = [[tok.bos_token_id] + c + [tok.eos_token_id] + [pad] * (width - len(c)) for c in chunks]
-        return torch.tensor(rows, dtype=torch.long)
-
-    def _encode_one(self, text: str, mode: LongPromptMode) -> torch.Tensor:
-        key = (mode, text)
-        with self._lock:
-            cached = self._prompt_cache.get(key)
-            if cached is not None:
-                self._prompt_cache.move_to_end(key)
-                return cached
-        ids = self._token_chunks(text, mode).to(self.text_encoder.device)
-        with torch.no_grad():
-            hidden = self.text_encoder(ids)[0]  # (k, 77, D): last hidden state incl. final layer norm
-        value = hidden.reshape(1, -1, hidden.shape[-1]).to(self.dtype)
-        with self._lock:
-            self._prompt_cache[key] = value
-            while len(self._prompt_cache) > self._prompt_cache_size:
-                self._prompt_cache.popitem(last=False)
-        return value
+        """Text embeddings ``(B, 77·k, D)`` in the engine dtype, cached per prompt string (see
+        :class:`~elqproj.text_encoding.PromptEncoder`: ``"truncate"`` is the official encoding)."""
+        return self.prompt_encoder(prompts, dtype=self.dtype, long_prompt=long_prompt)
 
     # ------------------------------------------------------------------- stages
     def draw_encoder_noise(self, shape: Sequence[int], *, seed: int | None = None,
@@ -675,9 +627,7 @@ class OneStepSD(nn.Module):
     def x0_from_noise(self, latent: torch.Tensor, model_pred: torch.Tensor, timestep: int = 999) -> torch.Tensor:
         """DDPM ε→x0: (z − √(1−ᾱ_t)·ε)/√ᾱ_t, computed in float32 (the official scheduler arithmetic
         promotes to fp32), returned in the latent's dtype."""
-        alpha = self.alphas_cumprod[timestep].to(torch.float32)
-        x0 = (latent.float() - (1 - alpha).sqrt() * model_pred.float()) / alpha.sqrt()
-        return x0.to(latent.dtype)
+        return x0_from_epsilon(latent, model_pred, timestep, self.alphas_cumprod).to(latent.dtype)
 
     def decode_latent(self, x0: torch.Tensor, *, tiling: tiling_mod.TilingConfig | None = None) -> torch.Tensor:
         """VAE-decode a scaled latent (B,4,h,w) -> raw image (B,3,8h,8w), roughly [-1,1], unclamped.

@@ -36,6 +36,7 @@ from elqproj.hub import WeightsSpec, resolve_dir
 from elqproj.devices import check_finite, resolve_device_dtype
 from elqproj.onestep import sd_base_files
 from elqproj.prompts.base import PromptExtractor, load_prompt_extractor
+from elqproj.text_encoding import PromptEncoder
 from elqproj.value_range import signed_to_unit, unit_to_signed
 
 from .. import official_sizing
@@ -158,6 +159,7 @@ class SeeSRRestorer(Restorer):
         self.vae = vae
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
+        self.prompt_encoder = PromptEncoder(tokenizer, text_encoder)
         self.scheduler = scheduler
         self.prompt_extractor = prompt_extractor
         self.tiling = tiling or SEESR_TILING
@@ -245,9 +247,7 @@ class SeeSRRestorer(Restorer):
     def encode_prompt(self, texts: Sequence[str]) -> torch.Tensor:
         """CLIP embeddings ``(B, 77, D)`` in the UNet dtype: padded/truncated to the tokenizer's 77
         tokens, last hidden state, no attention mask (the official ``_encode_prompt``)."""
-        ids = self.tokenizer(list(texts), padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids
-        return self.text_encoder(ids.to(self.text_encoder.device))[0].to(self.unet.dtype)
+        return self.prompt_encoder(list(texts), dtype=self.unet.dtype)
 
     def encode_image(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Scaled VAE latent ``(B, 4, H/8, W/8)`` float32 of ``x`` ``(B, 3, H, W)`` in [0, 1] (H, W multiples
