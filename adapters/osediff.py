@@ -23,6 +23,7 @@ from elqproj.colorfix import ColorFix, apply_color_fix
 from elqproj.errors import CheckpointMismatchError, InvalidInputError
 from elqproj.hub import load_checkpoint, nested_entry, resolve_file
 from elqproj.onestep import SD21_BASE, OneStepOutput, OneStepSD, prompts_for_batch
+from elqproj.tiling import TilingConfig
 from elqproj.value_range import signed_to_unit, unit_to_signed
 
 from . import official_sizing
@@ -212,6 +213,7 @@ class OSEDiffRestorer(Restorer):
         process_size: int = 512,
         upscale: int = 4,
         long_prompt: str = "truncate",
+        tiling: TilingConfig | None = None,
     ) -> Any:
         """Restore ``image`` (PIL in -> PIL out; (B,3,H,W) [0,1] tensors in -> tensors out; numpy, paths).
 
@@ -224,6 +226,7 @@ class OSEDiffRestorer(Restorer):
             color_fix: "adain" (official default), "wavelet" or "none".
             process_size: the short side is first enlarged to ``process_size // upscale`` if smaller.
             upscale: integer scale factor (official default 4).
+            tiling: latent / VAE tiling for this call (default: the engine's).
 
         PIL input follows the official script bit for bit: the output has the processed size (the
         upscaled size rounded down to a multiple of 8) and is quantised by truncation before the colour
@@ -252,7 +255,7 @@ class OSEDiffRestorer(Restorer):
         embeds = self.encode_prompt(prompts, long_prompt=long_prompt)
         lq = unit_to_signed(x).to(device, self.engine.dtype)
         out = self.forward(lq, embeds, encoder_noise=encoder_noise, seed=seed, generator=generator,
-                           sample_posterior=sample_posterior).image
+                           sample_posterior=sample_posterior, tiling=tiling).image
         restored = imageio.crop_padding(signed_to_unit(out.float()).cpu(), pad)
         if official_pil:
             restored = imageio.snap_to_uint8_levels(restored, truncate=True)  # the colour fix reads the PIL image back

@@ -180,6 +180,7 @@ class RestorationPipeline:
         self.restorer = restorer
         self.projector = projector
         self.prompt_extractor = prompt_extractor
+        self.tiling = None  # None: each model's own tiling (see configure_tiling)
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -302,14 +303,18 @@ class RestorationPipeline:
         return self.projector.engine.min_image_side if self.projector is not None else 8
 
     def configure_tiling(self, config: Any) -> None:
-        """Use ``config`` (:class:`~elqproj.tiling.TilingConfig`) for f's and g's latent and VAE tiling.
+        """Use ``config`` (:class:`~elqproj.tiling.TilingConfig`) for f's and g's latent and VAE tiling in
+        this pipeline's calls (passed per call: an engine shared with other pipelines is not changed).
 
         Raises:
             ConfigError: g cannot tile (its capabilities say ``supports_tiling=False``).
         """
-        self.restorer.configure_tiling(config)
-        if self.projector is not None:
-            self.projector.engine.tiling = config
+        if not self.restorer.capabilities.supports_tiling or not self.restorer.accepts("tiling"):
+            raise ConfigError(
+                f"The {self.restorer.name} restorer cannot tile (capabilities.supports_tiling is False): run it "
+                "without tiling options (--tiling auto, no --tile-size), or on smaller images."
+            )
+        self.tiling = config
 
     @torch.no_grad()
     def __call__(
@@ -382,7 +387,8 @@ class RestorationPipeline:
         else:
             elq = unit_to_signed(padded).to(self.projector.device, self.projector.dtype)
             with clock("project"):
-                latent = self.projector.encode_image(elq, seed=seed, sample_posterior=sample_posterior)
+                latent = self.projector.encode_image(elq, seed=seed, sample_posterior=sample_posterior,
+                                                     tiling=self.tiling)
                 lq = self._project(elq, latent, texts)
             lq_passes = [lq]
             bar.update(2)
@@ -408,6 +414,8 @@ class RestorationPipeline:
                 options.setdefault("process_size", 0)  # already sized above: no second pre-enlargement in g
             if self.restorer.accepts("progress"):
                 options.setdefault("progress", progress)
+            if self.tiling is not None:
+                options.setdefault("tiling", self.tiling)
             if self.restorer.capabilities.uses_image_features and result.image_features is not None:
                 options.setdefault("image_features", result.image_features)
             # No prompt at all (no extractor, no text): let g use its own default (S3Diff's official
@@ -433,7 +441,7 @@ class RestorationPipeline:
     def _project(self, elq: torch.Tensor, latent: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         """One f pass from the cached ELQ latent -> LQ proxy (B,3,H,W) in [0,1] on the CPU, float32."""
         embeds = self.projector.encode_prompt(list(texts))
-        out = self.projector(elq, embeds, latent=latent)
+        out = self.projector(elq, embeds, latent=latent, tiling=self.tiling)
         return signed_to_unit(out.image.float()).cpu()
 
 

@@ -264,5 +264,22 @@ def test_seesr_takes_a_tiling_configuration():
 
     seesr = load_restorer("seesr", weights=golden_set("seesr") / "seesr", base_model=TINY_SD21, device="cpu")
     config = TilingConfig(latent_tile=6, latent_overlap=2)
-    RestorationPipeline(seesr).configure_tiling(config)
-    assert seesr.tiling is config
+    before = seesr.tiling
+    pipe = RestorationPipeline(seesr)
+    pipe.configure_tiling(config)
+    assert pipe.tiling is config and seesr.tiling is before  # per call, nothing shared changes
+
+
+def test_tiling_a_pipeline_leaves_the_shared_engine_as_it_was(pipeline):
+    """configure_tiling applies to the pipeline's own calls: the engine f and g share with every other
+    pipeline on that base keeps its tiling (a CLI run with --tiling always must not leak into the next)."""
+    from elqproj.tiling import TilingConfig
+
+    engine = pipeline.projector.engine
+    before = engine.tiling
+    tiled = RestorationPipeline(pipeline.restorer, projector=pipeline.projector)
+    tiled.configure_tiling(TilingConfig(mode="always", latent_tile=6, latent_overlap=2))
+    a = tiled(_elq(), prompt="dog", seed=0, process_size=0).image
+    assert engine.tiling is before
+    b = pipeline(_elq(), prompt="dog", seed=0, process_size=0).image
+    assert not torch.equal(a, b)  # the tiles were used in the tiled pipeline's call only
