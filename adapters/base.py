@@ -16,19 +16,22 @@ from __future__ import annotations
 import abc
 import inspect
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from dataclasses import asdict, dataclass, replace
+from typing import Any, ClassVar, Literal
 
 import torch
 
-from elqproj.errors import ConfigError
+from elqproj.devices import resolve_dtype
+from elqproj.errors import ConfigError, InvalidInputError
 from elqproj.registry import Registry, RegistryEntry
 
 __all__ = [
     "RestorerCapabilities",
+    "ValueRange",
     "Restorer",
     "register_restorer",
     "load_restorer",
+    "identify_restorer",
     "list_restorers",
     "get_restorer_class",
     "RESTORERS",
@@ -36,6 +39,9 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "elqproj.restorers"
+
+#: The value range of :meth:`Restorer.restore_batch`'s input and output: "unit" [0, 1], "signed" [-1, 1].
+ValueRange = Literal["unit", "signed"]
 
 
 @dataclass(frozen=True)
@@ -55,7 +61,21 @@ class RestorerCapabilities:
         paper: citation or arXiv id.
         shares_projector_base: runs on the projector's SD2.1-base (OSEDiff): in a pipeline with a
             projector it is loaded on the projector's base model, so one copy of the weights serves f and g.
-        supports_tiling: takes a :class:`~elqproj.tiling.TilingConfig` (:meth:`Restorer.configure_tiling`).
+        supports_tiling: takes a :class:`~elqproj.tiling.TilingConfig` (:meth:`Restorer.configure_tiling`,
+            ``restore_batch(tiling=...)``).
+        size_multiple: :meth:`Restorer.restore_batch` needs H and W to be multiples of it (px): the VAE's
+            downsampling factor of the loaded model, or more where the official code pads further
+            (S3Diff: 64).
+        min_side: the smallest H and W (px) :meth:`Restorer.restore_batch` takes (the loaded UNet's depth).
+        pad_mode: how a caller pads an image up to ``size_multiple`` (the official code's choice):
+            ``"reflect"``, ``"replicate"`` or ``"constant"``.
+        value_range: the range of :meth:`Restorer.restore_batch`'s input and output, the model's own
+            (``"signed"`` [-1, 1] for a VAE input; ``"unit"`` [0, 1] for SeeSR's ControlNet condition).
+        color_fix: the colour correction the official script applies by default ("adain", "wavelet").
+
+    The class attribute holds the defaults a restorer declares before loading; a loaded restorer's
+    ``capabilities`` describe that model (e.g. ``size_multiple`` from its VAE) and are enforced by
+    :func:`load_restorer` (dtype) and :meth:`Restorer.restore_batch` (sizes, tiling, image features).
     """
 
     scale: int
@@ -72,21 +92,40 @@ class RestorerCapabilities:
     paper: str
     shares_projector_base: bool = False
     supports_tiling: bool = False
+    size_multiple: int = 8
+    min_side: int = 8
+    pad_mode: Literal["reflect", "replicate", "constant"] = "reflect"
+    value_range: ValueRange = "signed"
+    color_fix: str = "adain"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def supports_dtype(self, dtype: torch.dtype) -> bool:
+        """Whether the model runs correctly in ``dtype`` (float32 always)."""
+        return {torch.float16: self.supports_fp16, torch.bfloat16: self.supports_bf16}.get(dtype, True)
 
 
 class Restorer(torch.nn.Module, abc.ABC):
     """A frozen restorer g: LQ image -> HQ image.
 
-    Subclasses implement :meth:`from_pretrained` and :meth:`restore`; :attr:`name` and
-    :attr:`capabilities` are class attributes. ``restore`` accepts what :func:`elqproj.imageio.to_tensor`
-    accepts (PIL, numpy, torch ``(B,3,H,W)`` float in [0,1], paths, lists) and returns the input's kind.
+    A restorer has two faces (docs/adding-a-restorer.md lists every duty):
+
+    * the **tensor core** :meth:`restore_batch`, which the pipeline calls: a batch already sized to the
+      capabilities, in the model's value range, on the model's device, restored at that same size;
+    * the **edge** :meth:`restore`, for users and for golden parity: any image kind in, the official
+      script's sizing (PIL resizing, ×``upscale``) and colour fix around the tensor core, the input's
+      kind out (helpers shared by the adapters live in :mod:`elqproj.adapters.official_edge`).
+
+    Subclasses implement :meth:`from_pretrained`, :meth:`restore` and :meth:`_restore_batch`; :attr:`name`
+    is a class attribute, :attr:`capabilities` a class attribute (defaults) that a loaded model may
+    refine with :meth:`refine_capabilities`. Restorers declaring ``differentiable=True`` also implement
+    :meth:`training_forward` and ``encode_prompt``; those declaring ``shares_projector_base=True`` accept
+    ``engine=`` (a :class:`~elqproj.onestep.OneStepSD`) in ``from_pretrained`` to attach to.
     """
 
     name: ClassVar[str]
-    capabilities: ClassVar[RestorerCapabilities]
+    capabilities: RestorerCapabilities
     #: ``(name, options)`` it was loaded with by :func:`load_restorer` (device and dtype left out), so a
     #: pipeline can record how to load it again; ``None`` for a restorer built otherwise.
     load_spec: tuple[str, dict[str, Any]] | None = None
@@ -108,7 +147,91 @@ class Restorer(torch.nn.Module, abc.ABC):
     @abc.abstractmethod
     def restore(self, image: Any, *, prompt: str | Sequence[str] | None = None, seed: int | None = None,
                 **kwargs: Any) -> Any:
-        """Restore ``image``; see the subclass for its options."""
+        """Restore ``image`` the way the official script does (sizing, ×``upscale``, colour fix); see the
+        subclass for its options."""
+
+    @classmethod
+    def recognizes(cls, checkpoint: dict[str, Any]) -> bool:
+        """Whether ``checkpoint`` (the key -> value dict :func:`elqproj.hub.load_checkpoint` reads) is this
+        restorer's weights file; :func:`identify_restorer` asks every registered restorer. Default: no."""
+        return False
+
+    def refine_capabilities(self, **changes: Any) -> None:
+        """Describe this loaded model: ``capabilities`` becomes the class defaults with ``changes``."""
+        self.capabilities = replace(type(self).capabilities, **changes)
+
+    def restore_batch(
+        self,
+        lq: torch.Tensor,
+        *,
+        prompts: Sequence[str] | None = None,
+        image_features: torch.Tensor | None = None,
+        seed: int | None = None,
+        tiling: Any = None,
+        progress: bool = False,
+        **options: Any,
+    ) -> torch.Tensor:
+        """The tensor core: restore a sized batch at its own size.
+
+        Args:
+            lq: ``(B, 3, H, W)`` float, in ``capabilities.value_range``, on :attr:`device` in :attr:`dtype`;
+                H and W multiples of ``capabilities.size_multiple`` and at least ``capabilities.min_side`` (already at the output resolution:
+                the core does not rescale and applies no colour fix).
+            prompts: one text per image, as the restorer takes them (SeeSR: the tags its template wraps);
+                ``None``: the restorer's own default.
+            image_features: a tagger's image embeddings ``(B or 1, N, D)``, only for a restorer whose
+                capabilities say ``uses_image_features``.
+            seed: makes the run reproducible (the same draws as :meth:`restore` with that seed).
+            tiling: a :class:`~elqproj.tiling.TilingConfig` for this call (``None``: the restorer's own).
+            progress: show the restorer's progress bar where it has one (multi-step samplers).
+            options: the restorer's own sampling options (see its :meth:`restore`), e.g. ``steps``.
+
+        Returns:
+            ``(B, 3, H, W)`` float in ``capabilities.value_range`` on :attr:`device`.
+
+        Raises:
+            InvalidInputError: ``lq`` is not such a batch, or ``prompts`` / ``image_features`` do not fit it.
+            ConfigError: ``tiling`` or ``image_features`` given to a restorer that declares it cannot use them.
+        """
+        caps = self.capabilities
+        if not isinstance(lq, torch.Tensor) or lq.ndim != 4 or lq.shape[1] != 3 or not lq.is_floating_point():
+            got = f"{lq.dtype} {tuple(lq.shape)}" if isinstance(lq, torch.Tensor) else type(lq).__name__
+            raise InvalidInputError(f"restore_batch takes a float tensor (B, 3, H, W), got {got}.")
+        height, width = lq.shape[-2:]
+        if height % caps.size_multiple or width % caps.size_multiple:
+            raise InvalidInputError(
+                f"The {self.name} restorer needs H and W to be multiples of {caps.size_multiple}, got {height}x{width}: "
+                f"pad the batch (elqproj.imageio.pad_to_multiple(x, {caps.size_multiple}, mode={caps.pad_mode!r}))."
+            )
+        if min(height, width) < caps.min_side:
+            raise InvalidInputError(
+                f"The {self.name} restorer needs H and W of at least {caps.min_side} px, got {height}x{width}: "
+                "enlarge the image first."
+            )
+        unknown = set(options) - set(inspect.signature(self._restore_batch).parameters)
+        if unknown:
+            raise InvalidInputError(
+                f"Unknown options for the {self.name} restorer: {sorted(unknown)}. See help({type(self).__name__}.restore)."
+            )
+        if lq.device != self.device or lq.dtype != self.dtype:
+            raise InvalidInputError(
+                f"restore_batch takes the batch on the restorer's device and dtype ({self.device}, {self.dtype}), "
+                f"got {lq.device}, {lq.dtype}: move it with lq.to(restorer.device, restorer.dtype)."
+            )
+        if prompts is not None and (isinstance(prompts, str) or len(prompts) != lq.shape[0]):
+            raise InvalidInputError(f"prompts must be a list of {lq.shape[0]} texts (one per image), got {prompts!r}.")
+        if tiling is not None and not caps.supports_tiling:
+            raise ConfigError(f"The {self.name} restorer cannot tile (capabilities.supports_tiling is False).")
+        if image_features is not None and not caps.uses_image_features:
+            raise ConfigError(f"The {self.name} restorer takes no image features (capabilities.uses_image_features is False).")
+        return self._restore_batch(lq, prompts=None if prompts is None else list(prompts),
+                                   image_features=image_features, seed=seed, tiling=tiling, progress=progress,
+                                   **options)
+
+    @abc.abstractmethod
+    def _restore_batch(self, lq: torch.Tensor, *, prompts: list[str] | None, image_features: torch.Tensor | None,
+                       seed: int | None, tiling: Any, progress: bool, **options: Any) -> torch.Tensor:
+        """:meth:`restore_batch` after its checks (same arguments and result)."""
 
     def training_forward(self, lq: torch.Tensor, prompt_embeds: torch.Tensor, *,
                          generator: torch.Generator | None = None) -> Any:
@@ -130,11 +253,6 @@ class Restorer(torch.nn.Module, abc.ABC):
             f"The {self.name} restorer has no differentiable one-step forward, so it cannot serve as g in "
             "IRIB training; use a one-step restorer such as 'osediff' or 's3diff'."
         )
-
-    def accepts(self, option: str) -> bool:
-        """Whether :meth:`restore` takes keyword ``option`` (callers pass optional settings only where
-        a restorer has them, e.g. ``process_size``)."""
-        return option in inspect.signature(self.restore).parameters
 
     def configure_tiling(self, config: Any) -> None:
         """Use ``config`` (:class:`elqproj.tiling.TilingConfig`) for latent and VAE tiling.
@@ -197,13 +315,53 @@ def get_restorer_class(name: str) -> type[Restorer]:
     return RESTORERS.get(name)
 
 
-def load_restorer(name: str, weights: Any = None, **kwargs: Any) -> Restorer:
+def identify_restorer(weights: Any, **resolve_options: Any) -> str:
+    """The registered restorer whose checkpoint format ``weights`` is (a file path, Hub file or URL, as
+    ``load_restorer`` takes it): read without executing code, and recognised by each restorer's
+    :meth:`Restorer.recognizes`.
+
+    Raises:
+        CheckpointMismatchError: no registered restorer recognises the file (the message names the ones
+            asked), or more than one does.
+    """
+    from elqproj.errors import CheckpointMismatchError
+    from elqproj.hub import load_checkpoint, resolve_file
+
+    path = resolve_file(weights, **resolve_options)
+    checkpoint = load_checkpoint(path)
+    names = list_restorers()
+    matches = [name for name in names if get_restorer_class(name).recognizes(checkpoint)]
+    if len(matches) != 1:
+        found = "none" if not matches else " and ".join(matches)
+        raise CheckpointMismatchError(
+            f"Cannot tell which restorer {path} belongs to ({found} of {', '.join(names)} recognise it): "
+            "name it, e.g. load_restorer('osediff', weights=...)."
+        )
+    return matches[0]
+
+
+def load_restorer(name: str | None, weights: Any = None, **kwargs: Any) -> Restorer:
     """Load a registered restorer: ``load_restorer("osediff", weights=..., base_model=..., device=..., dtype=...)``.
 
     Every argument is forwarded to the restorer's ``from_pretrained``; unspecified weights and base
-    model fall back to the official defaults (downloaded from the Hub and cached).
+    model fall back to the official defaults (downloaded from the Hub and cached). ``name=None`` takes
+    the restorer whose checkpoint format ``weights`` is (:func:`identify_restorer`).
+
+    Raises:
+        ConfigError: the restorer declares that it cannot run in the requested ``dtype``.
     """
-    restorer = get_restorer_class(name).from_pretrained(weights, **kwargs)
+    if name is None:
+        if weights is None:
+            raise InvalidInputError("load_restorer(None, ...) recognises the restorer from its weights: pass weights=.")
+        name = identify_restorer(weights)
+    cls = get_restorer_class(name)
+    dtype = resolve_dtype(kwargs.get("dtype"))
+    if not cls.capabilities.supports_dtype(dtype):
+        raise ConfigError(
+            f"The {cls.name} restorer does not run correctly in {dtype} (its capabilities say so): load it "
+            "with dtype=torch.float32, or another dtype it supports."
+        )
+    restorer = cls.from_pretrained(weights, **kwargs)
     options = {"weights": weights, **{k: v for k, v in kwargs.items() if k not in ("device", "dtype")}}
     restorer.load_spec = (name.lower(), options)
     return restorer

@@ -19,14 +19,14 @@ import torch
 from PIL import Image
 
 from elqproj import imageio
-from elqproj.colorfix import ColorFix, apply_color_fix
+from elqproj.colorfix import ColorFix
 from elqproj.errors import CheckpointMismatchError, InvalidInputError
 from elqproj.hub import load_checkpoint, nested_entry, resolve_file
 from elqproj.onestep import SD21_BASE, OneStepOutput, OneStepSD, prompts_for_batch
 from elqproj.tiling import TilingConfig
 from elqproj.value_range import signed_to_unit, unit_to_signed
 
-from . import official_sizing
+from . import official_edge
 from .base import Restorer, RestorerCapabilities
 
 __all__ = ["OSEDiffRestorer", "OSEDIFF_WEIGHTS_URL", "SD21_BASE"]
@@ -59,8 +59,8 @@ def _rename_adapter(key: str, official: str, full: str) -> str:
 
 def upscale_like_official(image: Image.Image, *, process_size: int, upscale: int) -> Image.Image:
     """The official PIL resizing chain of test_osediff.py for one RGB image: pre-enlargement and
-    ×``upscale`` bicubic, then Lanczos to the next lower multiple of 8 (:mod:`.official_sizing`)."""
-    return official_sizing.upscale_like_official(image, process_size=process_size, upscale=upscale,
+    ×``upscale`` bicubic, then Lanczos to the next lower multiple of 8 (:mod:`.official_edge`)."""
+    return official_edge.upscale_like_official(image, process_size=process_size, upscale=upscale,
                                                  final_filter=Image.LANCZOS)
 
 
@@ -86,6 +86,7 @@ class OSEDiffRestorer(Restorer):
         paper="Wu et al., One-Step Effective Diffusion Network for Real-World Image Super-Resolution, NeurIPS 2024 (arXiv:2406.08177)",
         shares_projector_base=True,
         supports_tiling=True,
+        color_fix="adain",
     )
 
     def __init__(self, engine: OneStepSD, adapter_set: str, *, weights: str = "") -> None:
@@ -93,6 +94,16 @@ class OSEDiffRestorer(Restorer):
         self.engine = engine
         self.adapter_set = adapter_set
         self.weights = weights
+        self.refine_capabilities(size_multiple=engine.vae_scale_factor, min_side=engine.min_image_side)
+
+    @classmethod
+    def recognizes(cls, checkpoint: dict[str, Any]) -> bool:
+        """``osediff.pkl`` (or its safetensors copy): LoRA ranks, module lists and a UNet state dict."""
+        try:
+            _check_osediff_checkpoint(checkpoint, Path("checkpoint"))
+        except CheckpointMismatchError:
+            return False
+        return True
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -199,6 +210,17 @@ class OSEDiffRestorer(Restorer):
         """See :meth:`Restorer.training_forward`: :meth:`forward` with a sampled VAE posterior."""
         return self(lq, prompt_embeds, generator=generator)
 
+    def _restore_batch(self, lq: torch.Tensor, *, prompts: list[str] | None, image_features: torch.Tensor | None,
+                       seed: int | None, tiling: TilingConfig | None, progress: bool,
+                       generator: torch.Generator | None = None, encoder_noise: torch.Tensor | None = None,
+                       sample_posterior: bool = True, long_prompt: str = "truncate") -> torch.Tensor:
+        """One OSEDiff pass on ``lq`` (B,3,H,W) in [-1, 1]; the prompts are used verbatim (``None``: empty).
+        Returns (B,3,H,W) in [-1, 1]. Options as in :meth:`restore`."""
+        embeds = self.encode_prompt(prompts_for_batch(prompts, lq.shape[0]), long_prompt=long_prompt)
+        with torch.no_grad():
+            return self.forward(lq, embeds, encoder_noise=encoder_noise, seed=seed, generator=generator,
+                                sample_posterior=sample_posterior, tiling=tiling).image
+
     @torch.no_grad()
     def restore(
         self,
@@ -248,20 +270,14 @@ class OSEDiffRestorer(Restorer):
             x = source
         else:
             x_in, meta = imageio.to_tensor(image)
-            source = official_sizing.upscale_tensor(x_in, process_size=process_size, upscale=upscale)
-            x, pad = imageio.pad_to_multiple(source, 8)
-        prompts = prompts_for_batch(prompt, x.shape[0])
-        device = self.engine.device
-        embeds = self.encode_prompt(prompts, long_prompt=long_prompt)
-        lq = unit_to_signed(x).to(device, self.engine.dtype)
-        out = self.forward(lq, embeds, encoder_noise=encoder_noise, seed=seed, generator=generator,
-                           sample_posterior=sample_posterior, tiling=tiling).image
+            source = official_edge.upscale_tensor(x_in, process_size=process_size, upscale=upscale)
+            x, pad = imageio.pad_to_multiple(source, self.capabilities.size_multiple, mode=self.capabilities.pad_mode)
+        out = self.restore_batch(unit_to_signed(x).to(self.device, self.dtype),
+                                 prompts=prompts_for_batch(prompt, x.shape[0]), seed=seed, tiling=tiling,
+                                 generator=generator, encoder_noise=encoder_noise,
+                                 sample_posterior=sample_posterior, long_prompt=long_prompt)
         restored = imageio.crop_padding(signed_to_unit(out.float()).cpu(), pad)
-        if official_pil:
-            restored = imageio.snap_to_uint8_levels(restored, truncate=True)  # the colour fix reads the PIL image back
-        restored = apply_color_fix(restored, source.to(restored.dtype), color_fix)
-        if official_pil:
-            restored = imageio.snap_to_uint8_levels(restored, truncate=True)
+        restored = official_edge.color_fix_like_official(restored, source, color_fix, official_pil=official_pil)
         return imageio.from_tensor(restored, meta)
 
 

@@ -6,7 +6,27 @@ import torch
 
 from .errors import DeviceError, NumericalError
 
-__all__ = ["resolve_device_dtype", "synchronize", "check_finite"]
+__all__ = ["resolve_device_dtype", "resolve_dtype", "synchronize", "check_finite"]
+
+_DTYPE_NAMES = {
+    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+}
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    """A user's dtype argument as a torch dtype: a torch dtype, or one of "fp32", "fp16", "bf16" (also
+    "float16", "bfloat16", …); ``None`` is float32."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, str):
+        if dtype.lower() not in _DTYPE_NAMES:
+            raise DeviceError(f"Unknown dtype {dtype!r}; use 'fp32', 'fp16' or 'bf16'.")
+        return _DTYPE_NAMES[dtype.lower()]
+    if dtype in (torch.float32, torch.float16, torch.bfloat16):
+        return dtype
+    raise DeviceError(f"Unsupported dtype {dtype!r}; use torch.float32, torch.float16 or torch.bfloat16.")
 
 
 def resolve_device_dtype(
@@ -25,21 +45,7 @@ def resolve_device_dtype(
         raise DeviceError(f"Unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'.") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device={device!r} was requested but CUDA is not available; use device='cpu'.")
-    names = {
-        "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-        "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-        "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    }
-    if dtype is None:
-        dt = torch.float32
-    elif isinstance(dtype, str):
-        if dtype.lower() not in names:
-            raise DeviceError(f"Unknown dtype {dtype!r}; use 'fp32', 'fp16' or 'bf16'.")
-        dt = names[dtype.lower()]
-    elif dtype in (torch.float32, torch.float16, torch.bfloat16):
-        dt = dtype
-    else:
-        raise DeviceError(f"Unsupported dtype {dtype!r}; use torch.float32, torch.float16 or torch.bfloat16.")
+    dt = resolve_dtype(dtype)
     if dev.type == "cpu" and dt == torch.float16:
         raise DeviceError("fp16 is not supported on the CPU; use dtype='bf16' or 'fp32' there, or a CUDA device.")
     return dev, dt

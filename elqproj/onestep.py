@@ -545,9 +545,14 @@ class OneStepSD(nn.Module):
         return torch.randn(tuple(shape), generator=generator, dtype=torch.float32, device=generator.device)
 
     @property
+    def vae_scale_factor(self) -> int:
+        """Image pixels per latent pixel along a side: the VAE halves the image at every level but the last."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
     def min_image_side(self) -> int:
         """Smallest image side in pixels the UNet can take: one latent pixel at its deepest level."""
-        return 8 * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
 
     def latent_shape(self, x: torch.Tensor) -> tuple[int, int, int, int]:
         return (x.shape[0], int(self.vae.config.latent_channels), x.shape[2] // 8, x.shape[3] // 8)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import __version__, imageio
+from .colorfix import apply_color_fix
 from .devices import synchronize
 from .errors import ConfigError, InvalidInputError, WeightsNotFoundError
 from .prompts.base import PromptResult
@@ -309,7 +310,7 @@ class RestorationPipeline:
         Raises:
             ConfigError: g cannot tile (its capabilities say ``supports_tiling=False``).
         """
-        if not self.restorer.capabilities.supports_tiling or not self.restorer.accepts("tiling"):
+        if not self.restorer.capabilities.supports_tiling:
             raise ConfigError(
                 f"The {self.restorer.name} restorer cannot tile (capabilities.supports_tiling is False): run it "
                 "without tiling options (--tiling auto, no --tile-size), or on smaller images."
@@ -342,11 +343,12 @@ class RestorationPipeline:
                 set stops changing, at most :data:`LFO_AUTO_CAP` passes. Needs a projector.
             seed: makes the VAE posterior samples of f and g reproducible.
             upscale: output/input size ratio. The ELQ image is first enlarged (bicubic) by ``upscale``;
-                f and g then run at that size (g with ``upscale=1``), as in training where ELQ, LQ and
+                f and g then run at that size (g restores without rescaling), as in training where ELQ, LQ and
                 HQ share one size.
             process_size: if the enlarged image's short side is below this, it is enlarged further so
                 the short side equals it (SD-based models work poorly below 512 px); 0 disables.
-            restorer_options: extra options for g's ``restore`` (e.g. ``color_fix``, ``steps``).
+            restorer_options: g's own options (its ``restore``'s sampling options, e.g. SeeSR's ``steps``), and
+                ``color_fix`` (default: g's official one, ``restorer.capabilities.color_fix``).
             progress: show a progress bar over the stages (and g's own, where it has one).
         """
         if not (lfo == "auto" or (isinstance(lfo, int) and not isinstance(lfo, bool) and lfo >= 0)):
@@ -409,40 +411,55 @@ class RestorationPipeline:
             result = extract(lq, features=self.restorer.capabilities.uses_image_features)
         prompts.append(result.texts)
         with clock("restore"):
-            options = dict(restorer_options or {})
-            if self.restorer.accepts("process_size"):
-                options.setdefault("process_size", 0)  # already sized above: no second pre-enlargement in g
-            if self.restorer.accepts("progress"):
-                options.setdefault("progress", progress)
-            if self.tiling is not None:
-                options.setdefault("tiling", self.tiling)
-            if self.restorer.capabilities.uses_image_features and result.image_features is not None:
-                options.setdefault("image_features", result.image_features)
-            # No prompt at all (no extractor, no text): let g use its own default (S3Diff's official
-            # positive prompt, SeeSR's own tagger) rather than forcing the empty string on it.
-            g_prompt = result.texts if any(result.texts) else None
-            hq = self.restorer.restore(lq, prompt=g_prompt, seed=seed, upscale=1, **options)
+            hq = self._restore(lq, result, seed=seed, progress=progress, options=dict(restorer_options or {}))
         bar.update(bar.total - bar.n)
         bar.close()
         clock.times["total"] = time.perf_counter() - start
 
-        hq = imageio.crop_padding(hq.float().cpu(), pad, scale=hq.shape[-1] // padded.shape[-1])
-        lq_out = imageio.crop_padding(lq, pad)
+        hq = imageio.crop_padding(hq.float().cpu(), pad)
+        lq = lq.float().cpu()
         batched = meta.batched
         return RestorationResult(
             image=imageio.from_tensor(hq, meta),
-            lq=imageio.from_tensor(lq_out, meta),
+            lq=imageio.from_tensor(imageio.crop_padding(lq, pad), meta),
             prompts=prompts if batched else [p[0] for p in prompts],
-            lq_passes=[imageio.crop_padding(p, pad) for p in lq_passes],
+            lq_passes=[imageio.crop_padding(p.cpu(), pad) for p in lq_passes],
             timings=clock.times,
             lfo_passes=passes,
         )
 
     def _project(self, elq: torch.Tensor, latent: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
-        """One f pass from the cached ELQ latent -> LQ proxy (B,3,H,W) in [0,1] on the CPU, float32."""
+        """One f pass from the cached ELQ latent -> LQ proxy (B,3,H,W) in [0,1], float32, on f's device."""
         embeds = self.projector.encode_prompt(list(texts))
         out = self.projector(elq, embeds, latent=latent, tiling=self.tiling)
-        return signed_to_unit(out.image.float()).cpu()
+        return signed_to_unit(out.image.float())
+
+    def _restore(self, lq: torch.Tensor, prompt: PromptResult, *, seed: int | None, progress: bool,
+                 options: dict[str, Any]) -> torch.Tensor:
+        """g on the LQ proxy ``lq`` (B,3,H,W) in [0,1] (H, W multiples of 8): padded to g's size multiple,
+        in g's value range, device and dtype, through its tensor core; then cropped and colour-fixed
+        towards ``lq`` (``options["color_fix"]``, default g's official one). Returns (B,3,H,W) in [0,1]."""
+        caps = self.restorer.capabilities
+        own = sorted(set(options) & {"prompt", "prompts", "image_features", "seed", "tiling", "progress", "upscale",
+                                     "process_size"})
+        if own:
+            raise InvalidInputError(
+                f"restorer_options {own} are the pipeline's own settings: pass them to the pipeline call "
+                "(prompt=, seed=, progress=, upscale=, process_size=) or configure_tiling()."
+            )
+        color_fix = options.pop("color_fix", caps.color_fix)
+        padded, pad = imageio.pad_to_multiple(lq, caps.size_multiple, mode=caps.pad_mode)
+        x = padded if caps.value_range == "unit" else unit_to_signed(padded)
+        # No prompt at all (no extractor, no text): g's own default (S3Diff's official positive prompt,
+        # SeeSR's own tagger) rather than the empty string forced on it.
+        texts = prompt.texts if any(prompt.texts) else None
+        features = prompt.image_features if caps.uses_image_features else None
+        out = self.restorer.restore_batch(x.to(self.restorer.device, self.restorer.dtype), prompts=texts,
+                                          image_features=features, seed=seed, tiling=self.tiling,
+                                          progress=progress, **options)
+        out = imageio.crop_padding(out.float(), pad)
+        hq = out if caps.value_range == "unit" else signed_to_unit(out)
+        return apply_color_fix(hq.clamp(0, 1), lq.to(hq.device), color_fix)
 
 
 def _fixed_texts(prompt: str | Sequence[str], batch: int) -> list[str]:

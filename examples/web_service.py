@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlparse
 
 from PIL import Image
 
-from elqproj import ElqprojError, Projector, RestorationPipeline
+from elqproj import ElqprojError, Projector
 
 MAX_BODY = 50 * 1024 * 1024
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 
 import pytest
@@ -88,15 +87,14 @@ def test_benchmark_restore_from_python_with_a_batch(tiny_pipeline):
 
 
 def test_a_size_out_of_memory_gets_an_error_row_and_later_sizes_are_measured(tiny_pipeline, monkeypatch):
-    real_restore = tiny_pipeline.restorer.restore
+    real_restore_batch = tiny_pipeline.restorer.restore_batch
 
-    @functools.wraps(real_restore)
-    def restore(images, **kwargs):
-        if images.shape[-1] == 72:
+    def restore_batch(lq, **kwargs):
+        if lq.shape[-1] == 72:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return real_restore(images, **kwargs)
+        return real_restore_batch(lq, **kwargs)
 
-    monkeypatch.setattr(tiny_pipeline.restorer, "restore", restore)
+    monkeypatch.setattr(tiny_pipeline.restorer, "restore_batch", restore_batch)
     rows = benchmark_restore(tiny_pipeline, sizes=[72, 64], warmup=0, repeats=1, process_size=0)
     assert rows[0]["size"] == 72 and rows[0]["error"] == "out of memory" and "wall_s" not in rows[0]
     assert rows[1]["size"] == 64 and "error" not in rows[1] and rows[1]["wall_s"] > 0

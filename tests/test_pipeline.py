@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 
 import pytest
@@ -10,7 +9,9 @@ import torch
 
 from elqproj import ConfigError, InvalidInputError, Projector, WeightsNotFoundError, load_restorer
 from elqproj.pipeline import LFO_AUTO_CAP, RestorationPipeline
+from elqproj.value_range import signed_to_unit
 from tests.conftest import OSEDIFF_GOLDEN_PKL, TINY_SD21
+from tests.identity_restorer import IdentityRestorer
 
 
 @pytest.fixture(scope="module")
@@ -123,14 +124,13 @@ def test_an_extractor_name_is_not_a_prompt_extractor_object(pipeline):
 def test_without_a_projector_g_restores_the_sized_input(pipeline, monkeypatch):
     alone = RestorationPipeline(pipeline.restorer)
     seen = {}
-    restore = pipeline.restorer.restore
+    restore_batch = pipeline.restorer.restore_batch
 
-    @functools.wraps(restore)
-    def spy(image, **kwargs):
-        seen["input"] = image.clone()
-        return restore(image, **kwargs)
+    def spy(lq, **kwargs):
+        seen["input"] = signed_to_unit(lq)  # OSEDiff's tensor core takes [-1, 1]
+        return restore_batch(lq, **kwargs)
 
-    monkeypatch.setattr(pipeline.restorer, "restore", spy)
+    monkeypatch.setattr(pipeline.restorer, "restore_batch", spy)
     x = torch.rand(1, 3, 40, 48, generator=torch.Generator().manual_seed(1))
     res = alone(x, prompt="dog", seed=0, process_size=64)
     expected = torch.nn.functional.interpolate(x, size=(64, 77), mode="bicubic").clamp(0, 1)
@@ -219,40 +219,25 @@ def test_seesr_receives_the_extractors_tags_and_image_features(monkeypatch):
 
     seesr = load_restorer("seesr", weights=golden_set("seesr") / "seesr", base_model=TINY_SD21, device="cpu")
     seen = {}
-    restore = seesr.restore
+    restore_batch = seesr.restore_batch
 
-    @functools.wraps(restore)
-    def spy(image, **kwargs):
-        seen.update(kwargs)
-        return restore(image, **kwargs)
+    def spy(lq, **kwargs):
+        seen.update(kwargs, lq=lq)
+        return restore_batch(lq, **kwargs)
 
-    monkeypatch.setattr(seesr, "restore", spy)
+    monkeypatch.setattr(seesr, "restore_batch", spy)
     pipe = RestorationPipeline(seesr, projector=Projector.from_base(TINY_SD21, device="cpu"), prompt_extractor=Tagger())
     res = pipe(_elq(), seed=0, process_size=0, restorer_options={"steps": 2})
-    assert seen["image_features"] is features and seen["prompt"] == ["bird, branch"]
-    assert seen["process_size"] == 0 and seen["upscale"] == 1 and seen["progress"] is False
+    assert seen["image_features"] is features and seen["prompts"] == ["bird, branch"]
+    assert seen["steps"] == 2 and seen["progress"] is False
+    assert seen["lq"].shape == (1, 3, 64, 64) and 0 <= seen["lq"].min() and seen["lq"].max() <= 1  # SeeSR's range
     assert res.image.shape == (3, 64, 64)
 
 
 def test_a_restorer_that_cannot_tile_says_so():
-    from elqproj import Restorer, RestorerCapabilities
     from elqproj.tiling import TilingConfig
 
-    class Plain(Restorer):
-        name = "plain"
-        capabilities = RestorerCapabilities(
-            scale=1, steps=1, supports_fp16=True, supports_bf16=True, needs_prompt=False, uses_image_features=False,
-            differentiable=False, code_licence="MIT", weights_licence="none", base_model="", default_weights=None,
-            paper="")
-
-        @classmethod
-        def from_pretrained(cls, weights=None, **kwargs):
-            return cls()
-
-        def restore(self, image, *, prompt=None, seed=None, upscale=1):
-            return image
-
-    pipe = RestorationPipeline(Plain())
+    pipe = RestorationPipeline(IdentityRestorer())
     with pytest.raises(ConfigError, match="cannot tile"):
         pipe.configure_tiling(TilingConfig(mode="always"))
     assert pipe(_elq(), process_size=0).image.shape == (3, 64, 64)

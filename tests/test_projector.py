@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import shutil
 from pathlib import Path
@@ -10,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from elqproj.value_range import signed_to_unit, unit_to_signed
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -149,17 +150,17 @@ def test_prompt_count_must_match_batch(projector):
 def test_restore_runs_f_then_g_and_reports(projector, osediff, monkeypatch):
     """g receives f's output (not the ELQ input), and the result is g's output of it."""
     seen = {}
-    restore = osediff.restore
+    restore_batch = osediff.restore_batch
 
-    @functools.wraps(restore)  # the same signature: the pipeline reads g's options from it
-    def spy(image, **kwargs):
-        seen["input"] = image.clone()
-        seen["output"] = restore(image, **kwargs)
-        return seen["output"]
+    def spy(lq, **kwargs):  # OSEDiff's tensor core works in [-1, 1]
+        seen["input"] = signed_to_unit(lq)
+        seen["output"] = signed_to_unit(restore_batch(lq, **kwargs))
+        return unit_to_signed(seen["output"])
 
-    monkeypatch.setattr(osediff, "restore", spy)
+    monkeypatch.setattr(osediff, "restore_batch", spy)
     elq = _image(40, 32)
-    res = projector.restore(elq, backend=osediff, prompt="dog", seed=0, process_size=64)
+    res = projector.restore(elq, backend=osediff, prompt="dog", seed=0, process_size=64,
+                            restorer_options={"color_fix": "none"})
     assert isinstance(res.image, Image.Image) and res.image.size == (80, 64)
     assert isinstance(res.lq, Image.Image) and res.lq.size == (80, 64)
     assert res.prompts == ["dog", "dog"] and res.lfo_passes == 0 and len(res.lq_passes) == 1

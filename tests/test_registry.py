@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import elqproj.adapters.base as base
-from elqproj import InvalidInputError, Restorer, RestorerCapabilities, UnknownNameError, list_restorers, load_restorer
+from elqproj import InvalidInputError, UnknownNameError, list_restorers, load_restorer
 from elqproj.errors import ConfigError
+from tests.identity_restorer import IdentityRestorer
 
 
 def test_builtin_osediff_is_listed_with_capabilities():
@@ -25,24 +26,6 @@ def test_unknown_name_lists_the_known_ones():
     assert "nope" in str(info.value) and "osediff" in str(info.value)
 
 
-class _Identity(Restorer):
-    name = "identity"
-    capabilities = RestorerCapabilities(
-        scale=1, steps=0, supports_fp16=True, supports_bf16=True, needs_prompt=False, uses_image_features=False,
-        differentiable=False, code_licence="MIT", weights_licence="none", base_model="", default_weights=None,
-        paper="",
-    )
-
-    @classmethod
-    def from_pretrained(cls, weights=None, **kwargs):
-        restorer = cls()
-        restorer.kwargs = kwargs
-        return restorer
-
-    def restore(self, image, *, prompt=None, seed=None, **kwargs):
-        return image
-
-
 @pytest.fixture
 def clean_registry():
     """The built-in restorers only, entry points not yet discovered; registrations end with the test."""
@@ -51,9 +34,9 @@ def clean_registry():
 
 
 def test_register_and_load_a_custom_restorer(clean_registry):
-    base.register_restorer("identity", _Identity)
+    base.register_restorer("identity", IdentityRestorer)
     restorer = load_restorer("identity", device="cpu")
-    assert isinstance(restorer, _Identity) and restorer.kwargs == {"device": "cpu"}
+    assert isinstance(restorer, IdentityRestorer) and restorer.loaded_with == {"device": "cpu"}
     with pytest.raises(ConfigError, match="already registered"):
         base.register_restorer("identity", "somewhere:Else")
 
@@ -65,13 +48,13 @@ def test_register_rejects_non_restorers(clean_registry):
 
 def test_register_rejects_an_empty_name(clean_registry):
     with pytest.raises(InvalidInputError, match="restorer name must be a non-empty string"):
-        base.register_restorer(" ", _Identity)
+        base.register_restorer(" ", IdentityRestorer)
 
 
 def test_registering_the_same_restorer_again_is_allowed(clean_registry):
-    base.register_restorer("identity", _Identity)
-    base.register_restorer("Identity", _Identity)
-    assert base.get_restorer_class("IDENTITY") is _Identity
+    base.register_restorer("identity", IdentityRestorer)
+    base.register_restorer("Identity", IdentityRestorer)
+    assert base.get_restorer_class("IDENTITY") is IdentityRestorer
 
 
 def test_a_builtin_can_be_registered_again_once_imported(clean_registry):
@@ -81,7 +64,7 @@ def test_a_builtin_can_be_registered_again_once_imported(clean_registry):
 
 def test_registrations_made_in_isolation_are_gone_afterwards():
     with base.RESTORERS.isolated():
-        base.register_restorer("identity", _Identity)
+        base.register_restorer("identity", IdentityRestorer)
         assert "identity" in list_restorers()
     assert "identity" not in list_restorers()
 
@@ -90,7 +73,7 @@ def test_entry_point_restorers_are_discovered(clean_registry, tmp_path, monkeypa
     pkg = tmp_path / "thirdparty_restorer"
     pkg.mkdir()
     (pkg / "__init__.py").write_text(textwrap.dedent("""
-        from tests.test_registry import _Identity as Plugin
+        from tests.identity_restorer import IdentityRestorer as Plugin
     """))
     dist = tmp_path / "thirdparty_restorer-1.0.dist-info"
     dist.mkdir()
@@ -98,7 +81,7 @@ def test_entry_point_restorers_are_discovered(clean_registry, tmp_path, monkeypa
     (dist / "entry_points.txt").write_text("[elqproj.restorers]\nplugin = thirdparty_restorer:Plugin\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert "plugin" in list_restorers()
-    assert isinstance(load_restorer("plugin"), _Identity)
+    assert isinstance(load_restorer("plugin"), IdentityRestorer)
     sys.modules.pop("thirdparty_restorer", None)
 
 
@@ -116,4 +99,4 @@ def test_a_path_to_something_else_is_rejected_on_first_use(clean_registry):
 
 def test_a_restorer_without_a_training_forward_says_it_cannot_be_trained_through():
     with pytest.raises(ConfigError, match="no differentiable one-step forward"):
-        _Identity().training_forward(torch.zeros(1, 3, 8, 8), torch.zeros(1, 77, 8))
+        IdentityRestorer().training_forward(torch.zeros(1, 3, 8, 8), torch.zeros(1, 77, 8))

@@ -19,6 +19,7 @@ executing code, attaches the LoRA as a non-mergeable adapter set on a shared
 from __future__ import annotations
 
 import hashlib
+import math
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -29,13 +30,14 @@ import torch
 import torch.nn.functional as F
 
 from elqproj import imageio
-from elqproj.colorfix import ColorFix, apply_color_fix
+from elqproj.colorfix import ColorFix
 from elqproj.errors import CheckpointMismatchError, InvalidInputError
 from elqproj.hub import load_checkpoint, resolve_file
 from elqproj.onestep import OneStepOutput, OneStepSD, prompts_for_batch
 from elqproj.tiling import TilingConfig
 from elqproj.value_range import signed_to_unit, unit_to_signed
 
+from .. import official_edge
 from ..base import Restorer, RestorerCapabilities
 from .degradation_estimator import DegradationEstimator
 from .modulation import (
@@ -122,6 +124,9 @@ class S3DiffRestorer(Restorer):
         default_weights=S3DIFF_WEIGHTS,
         paper="Zhang et al., Degradation-Guided One-Step Image Super-Resolution with Diffusion Priors (arXiv:2409.17058)",
         supports_tiling=True,
+        size_multiple=_PAD_MULTIPLE,
+        pad_mode="reflect",
+        color_fix="wavelet",
     )
 
     def __init__(
@@ -143,6 +148,13 @@ class S3DiffRestorer(Restorer):
         self.unet_modulation, self.vae_modulation = modulation
         self.weights = weights
         self.tiling = tiling
+        self.refine_capabilities(size_multiple=math.lcm(_PAD_MULTIPLE, engine.vae_scale_factor),
+                                 min_side=engine.min_image_side)
+
+    @classmethod
+    def recognizes(cls, checkpoint: dict[str, Any]) -> bool:
+        """``s3diff.pkl`` (or its safetensors copy): LoRA target lists, modulation MLPs, Fourier frequencies."""
+        return all(key in checkpoint for key in _REQUIRED_KEYS)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -285,6 +297,32 @@ class S3DiffRestorer(Restorer):
         sits at the output resolution, so there is no separate un-upscaled input to score."""
         return self(lq, self.estimate_degradation(signed_to_unit(lq)), prompt_embeds, generator=generator)
 
+    def _restore_batch(self, lq: torch.Tensor, *, prompts: list[str] | None, image_features: torch.Tensor | None,
+                       seed: int | None, tiling: TilingConfig | None, progress: bool,
+                       negative_prompt: str | Sequence[str] | None = NEGATIVE_PROMPT,
+                       guidance_scale: float = GUIDANCE_SCALE, generator: torch.Generator | None = None,
+                       encoder_noise: torch.Tensor | None = None, sample_posterior: bool = True,
+                       deg_score: torch.Tensor | None = None, long_prompt: str = "truncate") -> torch.Tensor:
+        """One guided S3Diff pass on ``lq`` (B,3,H,W) in [-1, 1] (H, W multiples of 64); returns the same
+        shape in [-1, 1]. ``prompts=None`` is the official positive prompt; without ``deg_score`` the
+        scores are estimated from ``lq`` itself. Options as in :meth:`restore`."""
+        batch = lq.shape[0]
+        if deg_score is None:
+            deg_score = self.estimate_degradation(signed_to_unit(lq))
+        elif tuple(deg_score.shape) != (batch, self.modulator.num_degradations):
+            raise InvalidInputError(
+                f"deg_score must have shape ({batch}, {self.modulator.num_degradations}), got {tuple(deg_score.shape)}."
+            )
+        embeds = self.encode_prompt(prompts_for_batch(POSITIVE_PROMPT if prompts is None else prompts, batch),
+                                    long_prompt=long_prompt)
+        negative = None
+        if negative_prompt is not None and guidance_scale != 1:
+            negative = self.encode_prompt(prompts_for_batch(negative_prompt, batch), long_prompt=long_prompt)
+        with torch.no_grad():
+            return self(lq, deg_score, embeds, negative_embeds=negative, guidance_scale=guidance_scale,
+                        encoder_noise=encoder_noise, seed=seed, generator=generator,
+                        sample_posterior=sample_posterior, tiling=tiling).image
+
     @torch.no_grad()
     def restore(
         self,
@@ -317,7 +355,8 @@ class S3DiffRestorer(Restorer):
             upscale: scale factor (official 4; any positive number, the size is ``int(h * upscale)``
                 as in the official Gradio demo).
             color_fix: "wavelet" (official default), "adain" or "none"; the reference is the upscaled LQ.
-            deg_score: (B, 2) scores to use instead of the estimator's.
+            deg_score: (B, 2) scores to use instead of the estimator's (which scores the input at its
+                own, not upscaled, resolution).
             tiling: overrides the restorer's tiling for this call.
 
         PIL input follows the official script bit for bit (uint8 truncation before and after the colour
@@ -329,33 +368,19 @@ class S3DiffRestorer(Restorer):
         official_pil = imageio.is_pil_input(image)
         x, meta = imageio.to_tensor(image)
         x = x.to(self.engine.device)
-        batch = x.shape[0]
         if deg_score is None:
             deg_score = self.estimate_degradation(x)
-        elif tuple(deg_score.shape) != (batch, self.modulator.num_degradations):
-            raise InvalidInputError(
-                f"deg_score must have shape ({batch}, {self.modulator.num_degradations}), got {tuple(deg_score.shape)}."
-            )
         h, w = x.shape[-2:]
         size = (int(h * upscale), int(w * upscale))
         upscaled = x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        sr_input, pad = imageio.pad_to_multiple(unit_to_signed(upscaled).clamp(-1, 1), _PAD_MULTIPLE, mode="reflect")
-        embeds = self.encode_prompt(prompts_for_batch(POSITIVE_PROMPT if prompt is None else prompt, batch),
-                                    long_prompt=long_prompt)
-        negative = None
-        if negative_prompt is not None and guidance_scale != 1:
-            negative = self.encode_prompt(prompts_for_batch(negative_prompt, batch), long_prompt=long_prompt)
-        out = self(sr_input.to(self.engine.dtype), deg_score, embeds, negative_embeds=negative,
-                   guidance_scale=guidance_scale, encoder_noise=encoder_noise, seed=seed, generator=generator,
-                   sample_posterior=sample_posterior, tiling=tiling)
-        restored = signed_to_unit(imageio.crop_padding(out.image.float(), pad))
-        reference = upscaled
-        if official_pil:  # ToPILImage truncates both images; the colour fix reads them back
-            restored = imageio.snap_to_uint8_levels(restored, truncate=True)
-            reference = imageio.snap_to_uint8_levels(reference, truncate=True)
-        restored = apply_color_fix(restored, reference, color_fix)
-        if official_pil:
-            restored = imageio.snap_to_uint8_levels(restored, truncate=True)
+        sr_input, pad = imageio.pad_to_multiple(unit_to_signed(upscaled).clamp(-1, 1), self.capabilities.size_multiple,
+                                                mode=self.capabilities.pad_mode)
+        prompts = None if prompt is None else prompts_for_batch(prompt, x.shape[0])
+        out = self.restore_batch(sr_input.to(self.dtype), prompts=prompts, seed=seed, tiling=tiling, negative_prompt=negative_prompt,
+                                 guidance_scale=guidance_scale, generator=generator, encoder_noise=encoder_noise,
+                                 sample_posterior=sample_posterior, deg_score=deg_score, long_prompt=long_prompt)
+        restored = signed_to_unit(imageio.crop_padding(out.float(), pad))
+        restored = official_edge.color_fix_like_official(restored, upscaled, color_fix, official_pil=official_pil)
         return imageio.from_tensor(restored, meta)
 
 

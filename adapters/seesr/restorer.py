@@ -30,7 +30,7 @@ from torch import nn
 
 from elqproj import imageio
 from elqproj import tiling as tiling_mod
-from elqproj.colorfix import ColorFix, apply_color_fix
+from elqproj.colorfix import ColorFix
 from elqproj.errors import CheckpointMismatchError, InvalidInputError, WeightsNotFoundError
 from elqproj.hub import WeightsSpec, resolve_dir
 from elqproj.devices import check_finite, resolve_device_dtype
@@ -39,7 +39,7 @@ from elqproj.prompts.base import PromptExtractor, load_prompt_extractor
 from elqproj.text_encoding import PromptEncoder
 from elqproj.value_range import signed_to_unit, unit_to_signed
 
-from .. import official_sizing
+from .. import official_edge
 from ..base import Restorer, RestorerCapabilities
 from .image_attention import IMAGE_CROSS_ATTENTION_DIM
 from .loading import load_seesr_controlnet, load_seesr_unet
@@ -82,8 +82,8 @@ def official_prompt(tags: str, extra_prompt: str = "", added_prompt: str = OFFIC
 
 def upscale_like_official(image: Image.Image, *, process_size: int = 512, upscale: int = 4) -> Image.Image:
     """The official PIL resizing of test_seesr.py for one RGB image: pre-enlargement, ×``upscale``, and
-    the resize to the next lower multiple of 8, all bicubic (:mod:`..official_sizing`)."""
-    return official_sizing.upscale_like_official(image, process_size=process_size, upscale=upscale,
+    the resize to the next lower multiple of 8, all bicubic (:mod:`..official_edge`)."""
+    return official_edge.upscale_like_official(image, process_size=process_size, upscale=upscale,
                                                  final_filter=Image.BICUBIC)
 
 
@@ -139,6 +139,8 @@ class SeeSRRestorer(Restorer):
         default_weights=None,
         paper="Wu et al., SeeSR: Towards Semantics-Aware Real-World Image Super-Resolution, CVPR 2024 (arXiv:2311.16518)",
         supports_tiling=True,
+        value_range="unit",
+        color_fix="adain",
     )
 
     def __init__(
@@ -166,6 +168,9 @@ class SeeSRRestorer(Restorer):
         for module in (unet, controlnet, vae, text_encoder):
             module.requires_grad_(False)
             module.eval()
+        vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.refine_capabilities(size_multiple=vae_factor,
+                                 min_side=vae_factor * 2 ** (len(unet.config.block_out_channels) - 1))
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -341,8 +346,6 @@ class SeeSRRestorer(Restorer):
             raise InvalidInputError(f"upscale must be a positive integer, got {upscale!r} (official: 4).")
         if not isinstance(process_size, int) or process_size < 0:
             raise InvalidInputError(f"process_size must be an integer >= 0, got {process_size!r} (official: 512).")
-        tiling = tiling or self.tiling
-
         image = _load_if_file(image)
         official_pil = imageio.is_pil_input(image)
         lr, meta = imageio.to_tensor(image)
@@ -353,16 +356,56 @@ class SeeSRRestorer(Restorer):
             sources, _ = imageio.to_tensor(upscaled)
             conditions, pad = sources, (0, 0)
         else:
-            sources = official_sizing.upscale_tensor(lr, process_size=process_size, upscale=upscale)
-            conditions, pad = imageio.pad_to_multiple(sources, 8)
-        batch = lr.shape[0]
-        tags, features = self._tags_and_features(lr, prompt, image_features)
+            sources = official_edge.upscale_tensor(lr, process_size=process_size, upscale=upscale)
+            conditions, pad = imageio.pad_to_multiple(sources, self.capabilities.size_multiple,
+                                                      mode=self.capabilities.pad_mode)
+        tags, features = self._tags_and_features(lr, prompt, image_features)  # DAPE sees the original LR
+        out = self.restore_batch(conditions.to(self.device, self.dtype), prompts=tags, image_features=features,
+                                 seed=seed, tiling=tiling, progress=progress, generator=generator, latents=latents,
+                                 encoder_noise=encoder_noise, steps=steps, guidance_scale=guidance_scale,
+                                 conditioning_scale=conditioning_scale, extra_prompt=extra_prompt,
+                                 added_prompt=added_prompt, negative_prompt=negative_prompt,
+                                 start_point=start_point, start_steps=start_steps, callback=callback)
+        restored = imageio.crop_padding(out.float().cpu(), pad)
+        size = (lr.shape[-2] * upscale, lr.shape[-1] * upscale)
+        outputs = [self._finish(restored[i : i + 1], sources[i : i + 1], color_fix, official_pil, size)
+                   for i in range(lr.shape[0])]
+        return imageio.from_tensor(torch.cat(outputs), meta)
+
+    def _restore_batch(
+        self,
+        lq: torch.Tensor,
+        *,
+        prompts: list[str] | None,
+        image_features: torch.Tensor | None,
+        seed: int | None,
+        tiling: tiling_mod.TilingConfig | None,
+        progress: bool,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        encoder_noise: torch.Tensor | None = None,
+        steps: int = 50,
+        guidance_scale: float = 5.5,
+        conditioning_scale: float = 1.0,
+        extra_prompt: str = "",
+        added_prompt: str = OFFICIAL_ADDED_PROMPT,
+        negative_prompt: str = OFFICIAL_NEGATIVE_PROMPT,
+        start_point: StartPoint = "lr",
+        start_steps: int = 999,
+        callback: Callable[[SeeSRStep], None] | None = None,
+    ) -> torch.Tensor:
+        """The SeeSR sampler on conditions ``lq`` (B,3,H,W) in [0, 1] (the upscaled LR): one image at a time,
+        tags ``prompts`` in the official template, ``image_features`` in the image cross-attention (either
+        missing: the prompt extractor's, run on ``lq``). Returns the decoded images (B,3,H,W) in [0, 1],
+        before the colour fix. Options as in :meth:`restore`."""
+        tiling = tiling or self.tiling
+        batch = lq.shape[0]
+        tags, features = self._tags_and_features(lq.float(), prompts, image_features)
         generator = generator or _seeded_generator(seed)
         encoder_generator = _seeded_generator(seed)
-
         outputs = []
         for i in range(batch):
-            condition = conditions[i : i + 1].to(self.unet.device)
+            condition = lq[i : i + 1]
             shape = self.latent_shape(condition)
             noise = _per_image(latents, i, batch, shape, "latents")
             posterior_noise = _per_image(encoder_noise, i, batch, shape, "encoder_noise")
@@ -386,10 +429,8 @@ class SeeSRRestorer(Restorer):
                 conditioning_scale=conditioning_scale, start_point=start_point, start_steps=start_steps,
                 generator=generator, tiling=tiling, progress=progress, callback=callback,
             )
-            restored = imageio.crop_padding(self.decode_latents(final).cpu(), pad)
-            outputs.append(self._finish(restored, sources[i : i + 1], color_fix, official_pil,
-                                        (lr.shape[-2] * upscale, lr.shape[-1] * upscale)))
-        return imageio.from_tensor(torch.cat(outputs), meta)
+            outputs.append(self.decode_latents(final))
+        return torch.cat(outputs)
 
     def _tags_and_features(
         self, lr: torch.Tensor, prompt: str | Sequence[str] | None, image_features: torch.Tensor | None
@@ -441,11 +482,9 @@ class SeeSRRestorer(Restorer):
 
         PIL input repeats the official chain: uint8 pipeline output (rounded), colour fix on it, uint8
         again (truncated), PIL bicubic resize. Other inputs stay float (antialiased torch bicubic)."""
+        restored = official_edge.color_fix_like_official(restored, source, method, official_pil=official_pil,
+                                                         output_levels="round")
         if official_pil:
-            restored = imageio.snap_to_uint8_levels(restored, truncate=False)
-        restored = apply_color_fix(restored, source.to(restored.device, restored.dtype), method)
-        if official_pil:
-            restored = imageio.snap_to_uint8_levels(restored, truncate=True)
             if tuple(restored.shape[-2:]) != size:
                 levels = (restored[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
                 pil = Image.fromarray(levels).resize((size[1], size[0]), Image.BICUBIC)

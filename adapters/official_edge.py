@@ -1,18 +1,26 @@
-"""How the official OSEDiff and SeeSR scripts size an LQ image before their model sees it, shared by the
-adapters (PIL in, as the scripts do; and the same rule on tensors).
+"""The edge of a restorer: what the official scripts do to an image before and after their model, shared
+by the adapters' ``restore`` (the pipeline calls the tensor core and uses none of it but the colour fix).
 
-Both scripts first enlarge an image whose side is below ``process_size // upscale`` so that its short
+**Sizing** (OSEDiff and SeeSR; PIL in, as the scripts do, and the same rule on tensors): both scripts first enlarge an image whose side is below ``process_size // upscale`` so that its short
 side equals that floor (sizes truncated with ``int``), then resize by ``upscale``, then resize to the
 next lower multiple of 8 — with Lanczos in ``test_osediff.py`` and bicubic in SeeSR's ``test_seesr.py``.
+
+**Colour fix** (all three): the restored image is pulled towards its upscaled LQ reference; for PIL input
+the scripts go through uint8 on the way (:func:`color_fix_like_official`).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-__all__ = ["pre_enlarged_size", "upscale_like_official", "upscale_tensor"]
+from elqproj.colorfix import ColorFix, apply_color_fix
+from elqproj.imageio import snap_to_uint8_levels
+
+__all__ = ["pre_enlarged_size", "upscale_like_official", "upscale_tensor", "color_fix_like_official"]
 
 
 def pre_enlarged_size(width: int, height: int, *, process_size: int, upscale: int) -> tuple[int, int]:
@@ -48,3 +56,21 @@ def upscale_tensor(x: torch.Tensor, *, process_size: int, upscale: int) -> torch
     if upscale != 1:
         x = F.interpolate(x, size=(new_h * upscale, new_w * upscale), mode="bicubic", align_corners=False)
     return x.clamp(0, 1)
+
+
+def color_fix_like_official(restored: torch.Tensor, reference: torch.Tensor, method: ColorFix | str, *,
+                            official_pil: bool, output_levels: Literal["truncate", "round"] = "truncate") -> torch.Tensor:
+    """Colour-fix ``restored`` towards ``reference`` (both ``(B, 3, H, W)`` in [0, 1], same size), as the
+    scripts do.
+
+    With ``official_pil`` the scripts' uint8 steps are repeated: the model output becomes uint8
+    (``output_levels``: truncated by torchvision's ``ToPILImage`` in OSEDiff and S3Diff, rounded by
+    diffusers' ``numpy_to_pil`` in SeeSR), the reference is read back as uint8 (truncated; a no-op for a
+    reference that was a PIL image), and the corrected image is truncated to uint8 once more. Otherwise
+    the images stay float.
+    """
+    if official_pil:
+        restored = snap_to_uint8_levels(restored, truncate=output_levels == "truncate")
+        reference = snap_to_uint8_levels(reference, truncate=True)
+    fixed = apply_color_fix(restored, reference.to(restored.device, restored.dtype), method)
+    return snap_to_uint8_levels(fixed, truncate=True) if official_pil else fixed
