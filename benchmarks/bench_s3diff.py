@@ -31,7 +31,8 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from elqproj.adapters.s3diff import DegradationEstimator, S3DiffRestorer
 from elqproj.adapters.s3diff.modulation import UNET_BLOCKS, VAE_BLOCKS
-from elqproj.onestep import OneStepSD, resolve_device_dtype
+from elqproj.devices import resolve_device_dtype
+from elqproj.onestep import OneStepSD
 from timing import StageTimer, add_common_arguments, device_name, parse_arguments, report, time_calls  # same folder
 
 # Official S3Diff LoRA targets (s3diff_tile.py) and the CLI default ranks.

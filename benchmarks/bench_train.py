@@ -38,7 +38,7 @@ from bench_seesr import FULL, SCHEDULER, TINY, byte_level_tokenizer  # the relea
 from elqproj import Projector
 from elqproj.adapters.base import Restorer, register_restorer
 from elqproj.adapters.osediff import OSEDiffRestorer
-from elqproj.onestep import resolve_device_dtype
+from elqproj.devices import resolve_device_dtype
 from elqproj.training import IRIBTrainer, load_config
 from timing import add_common_arguments, device_name, parse_arguments, print_row, time_calls, write_json  # same folder
 

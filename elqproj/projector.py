@@ -189,13 +189,8 @@ class Projector(torch.nn.Module):
             adapter = self.engine.adapter_name(self.adapter_set, component)
             for key, value in self.engine.adapter_state(self.adapter_set, component).items():
                 out[f"{component}.{key.replace(f'.{adapter}.', '.')}"] = value
-        live = self.engine.active_set == self.adapter_set
         for name in self.config.full_weights:
-            component, param = name.split(".", 1)
-            if live:  # trained in place (training owns its engine): read the parameter itself
-                out[name] = self.engine.base_parameter(component, param).detach()
-            else:
-                out[name] = self.engine._sets[self.adapter_set].overrides[(component, param)]
+            out[name] = self.engine.override_value(self.adapter_set, *name.split(".", 1))
         return {k: v.detach().to("cpu").contiguous() for k, v in out.items()}
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:

@@ -28,8 +28,9 @@ def projector():
     with torch.no_grad():
         for p in proj.engine.adapter_parameters(proj.adapter_set):
             p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-        conv = proj.engine._sets[proj.adapter_set].overrides[("unet", "conv_in.weight")]
-        conv.add_(torch.randn(conv.shape, generator=gen) * 0.02)
+        conv = proj.engine.override_value(proj.adapter_set, "unet", "conv_in.weight")
+        proj.engine.set_override(proj.adapter_set, "unet", "conv_in.weight",
+                                 conv + torch.randn(conv.shape, generator=gen) * 0.02)
     return proj
 
 
