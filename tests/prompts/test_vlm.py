@@ -56,8 +56,8 @@ def test_images_of_different_sizes_in_one_call(vlm):
     assert len(vlm([_images(1)[0], torch.rand(3, 20, 30)])) == 2
 
 
-def test_the_instruction_and_the_image_reach_the_model(tiny_vlm, monkeypatch):
-    extractor = load_prompt_extractor("vlm", weights=tiny_vlm, instruction="describe the image", max_new_tokens=2)
+def _spy_on_generate(extractor, monkeypatch) -> dict:
+    """The keyword arguments of the extractor's next ``model.generate`` call (filled in when it runs)."""
     seen = {}
     generate = extractor.model.generate
 
@@ -66,6 +66,12 @@ def test_the_instruction_and_the_image_reach_the_model(tiny_vlm, monkeypatch):
         return generate(**inputs)
 
     monkeypatch.setattr(extractor.model, "generate", spy)
+    return seen
+
+
+def test_the_instruction_and_the_image_reach_the_model(tiny_vlm, monkeypatch):
+    extractor = load_prompt_extractor("vlm", weights=tiny_vlm, instruction="describe the image", max_new_tokens=2)
+    seen = _spy_on_generate(extractor, monkeypatch)
     extractor(_images(1))
     assert "describe the image" in extractor.processor.decode(seen["input_ids"][0])
     assert seen["pixel_values"].shape[0] == 1
@@ -74,14 +80,7 @@ def test_the_instruction_and_the_image_reach_the_model(tiny_vlm, monkeypatch):
 def test_without_an_instruction_the_model_is_asked_the_default_question(vlm, monkeypatch):
     """The default instruction (describe the content as if the degradations were removed) is what the
     model reads when the caller gives none."""
-    seen = {}
-    generate = vlm.model.generate
-
-    def spy(**inputs):
-        seen.update(inputs)
-        return generate(**inputs)
-
-    monkeypatch.setattr(vlm.model, "generate", spy)
+    seen = _spy_on_generate(vlm, monkeypatch)
     vlm(_images(1))
     asked = seen["input_ids"][0].tolist()
     expected = vlm.processor.tokenizer(DEFAULT_INSTRUCTION, add_special_tokens=False).input_ids
