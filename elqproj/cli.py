@@ -222,7 +222,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         dtypes = "fp32" + ("/fp16" if cap["supports_fp16"] else "") + ("/bf16" if cap["supports_bf16"] else "")
         print(f"  {name:<10} x{cap['scale']}, {cap['steps']} step(s), {dtypes}, "
               f"{'trainable-through' if cap['differentiable'] else 'inference-only'}, "
-              f"{'tiling' if cap['supports_tiling'] else 'no tiling'}; base {cap['base_model']}")
+              f"{'tiling' if cap['supports_tiling'] else 'no tiling'}, sides a multiple of {cap['size_multiple']} px; "
+              f"base {cap['base_model']}")
         print(f"  {'':<10} code {cap['code_licence']}; weights {cap['weights_licence']}")
     return 0
 

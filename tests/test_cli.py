@@ -96,6 +96,14 @@ def test_info_lists_backends_with_licences(capsys):
     assert data["backends"]["osediff"]["scale"] == 4 and "diffusers" in data["versions"]
 
 
+def test_info_says_which_restorers_tile_and_what_sizes_they_take(capsys):
+    assert main(["info"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")
+             and line.split()[0] in ("osediff", "s3diff", "seesr")}
+    assert "sides a multiple of 64 px" in lines["s3diff"] and "sides a multiple of 8 px" in lines["osediff"]
+    assert all(", tiling," in line for line in lines.values())  # the three built-ins all tile
+
+
 def test_console_script_is_installed():
     """The ``elqproj`` command pip installs (entry point elqproj.cli:main) runs and reports the version."""
     from importlib.metadata import entry_points
