@@ -37,6 +37,7 @@ from .errors import CheckpointMismatchError, UnsafeCheckpointError, WeightsNotFo
 
 __all__ = [
     "cache_dir",
+    "url_cache_path",
     "is_offline",
     "resolve_dir",
     "resolve_file",
@@ -229,10 +230,16 @@ def _check_sha256(path: Path, expected: str) -> None:
         )
 
 
-def _download_url(url: str, *, sha256: str | None) -> Path:
+def url_cache_path(url: str) -> Path:
+    """Where the file downloaded from ``url`` is kept in :func:`cache_dir` (whether or not it is there yet):
+    a machine without internet can be given a file by copying it to this path."""
     key = hashlib.sha256(url.encode()).hexdigest()[:16]
     name = url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0] or "download"
-    target = cache_dir() / "urls" / key / name
+    return cache_dir() / "urls" / key / name
+
+
+def _download_url(url: str, *, sha256: str | None) -> Path:
+    target = url_cache_path(url)
     if target.is_file():
         if sha256 is not None:
             _check_sha256(target, sha256)
