@@ -255,7 +255,7 @@ def _download_url(url: str, *, sha256: str | None) -> Path:
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=name, leave=False) as bar:
+            with tqdm(total=total, unit="B", unit_scale=True, desc=target.name, leave=False) as bar:
                 for block in iter(lambda: resp.read(1 << 20), b""):
                     out.write(block)
                     bar.update(len(block))

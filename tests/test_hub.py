@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from elqproj import UnsafeCheckpointError, WeightsNotFoundError, load_restorer
 from elqproj.errors import CheckpointMismatchError
-from elqproj.hub import load_checkpoint, resolve_dir, resolve_file
+from elqproj.hub import cache_dir, load_checkpoint, resolve_dir, resolve_file, url_cache_path
 from tests.conftest import SD21_HUB_ID, TINY_SD21, populate_hf_cache
 
 
@@ -155,6 +155,16 @@ def test_url_checksum_mismatch_leaves_no_file(tmp_path, monkeypatch):
         resolve_file(f"{base}/w.pth", sha256="0" * 64)
     cached = list(Path(os.environ["ELQPROJ_CACHE"]).rglob("w.pth"))
     assert cached == [] and not list(Path(os.environ["ELQPROJ_CACHE"]).rglob(".part-*"))
+
+
+def test_a_url_download_lands_at_its_cache_path(tmp_path, monkeypatch):
+    """url_cache_path tells where resolve_file keeps a URL's file (what an air-gapped machine is given)."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    (tmp_path / "w.bin").write_bytes(b"weights")
+    with _Server(tmp_path) as base:
+        url = f"{base}/w.bin"
+        assert url_cache_path(url).is_relative_to(cache_dir()) and not url_cache_path(url).exists()
+        assert resolve_file(url) == url_cache_path(url) and url_cache_path(url).read_bytes() == b"weights"
 
 
 def test_url_offline_and_uncached_is_not_found():
