@@ -261,13 +261,14 @@ class Projector(torch.nn.Module):
         sample_posterior: bool = True,
         long_prompt: str = "truncate",
     ) -> Any:
-        """f alone: ELQ image -> LQ proxy of the same size, in the input's kind (PIL, numpy, tensor).
+        """f alone: ELQ image -> LQ proxy of the same size, in the input's kind (PIL, numpy, tensor). An image
+        below the model's minimum side (64 px for SD2.1) is reflect-padded to it and cropped back.
 
         ``prompt``: text (one, or one per image; None = empty prompt). For extracted prompts and LFO
         use :meth:`restore` or :class:`~elqproj.pipeline.RestorationPipeline`.
         """
         x, meta = imageio.to_tensor(image)
-        padded, pad = imageio.pad_to_multiple(x, 8)
+        padded, pad = imageio.pad_to_multiple(x, 8, min_side=self.engine.min_image_side)  # cropped back below
         prompts = prompts_for_batch(prompt, x.shape[0])
         embeds = self.encode_prompt(prompts, long_prompt=long_prompt)
         out = self(unit_to_signed(padded).to(self.device, self.dtype), embeds, encoder_noise=encoder_noise, seed=seed,

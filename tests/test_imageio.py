@@ -18,6 +18,7 @@ from elqproj.imageio import (
     MAX_PIXELS_DEFAULT,
     ImageArray,
     check_image_tensor,
+    check_processing_size,
     crop_padding,
     from_tensor,
     load_image,
@@ -406,12 +407,31 @@ def test_crop_padding_scales_with_an_upscaled_output():
     assert crop_padding(upscaled, pad, scale=4).shape == (1, 3, 52, 72)
 
 
-def test_reflect_padding_falls_back_to_replicate_on_a_small_axis():
-    x = torch.rand(1, 3, 16, 40)
-    padded, pad = pad_to_multiple(x, 64)
-    assert pad == (48, 24)
-    assert torch.equal(padded[..., 16:, :40], x[..., 15:16, :].expand(-1, -1, 48, -1))  # replicated rows
-    assert torch.equal(padded[..., :16, 40:], x[..., 15:39].flip(-1))  # reflected columns
+def test_reflect_padding_mirrors_again_where_the_axis_is_shorter_than_the_padding():
+    row = torch.arange(5.0).view(1, 1, 1, 5).expand(1, 3, 2, 5)
+    padded, pad = pad_to_multiple(row, 16)
+    assert pad == (14, 11)
+    assert padded[0, 0, 0].tolist() == [0, 1, 2, 3, 4, 3, 2, 1, 0, 1, 2, 3, 4, 3, 2, 1]
+
+
+def test_a_one_pixel_axis_is_replicated():
+    x = torch.rand(1, 3, 1, 8)
+    padded, _ = pad_to_multiple(x, 8)
+    assert torch.equal(padded, x.expand(-1, -1, 8, -1))
+
+
+def test_min_side_pads_a_small_image_up_to_the_models_minimum():
+    padded, pad = pad_to_multiple(torch.rand(1, 3, 20, 70), 8, min_side=64)
+    assert tuple(padded.shape[-2:]) == (64, 72) and pad == (44, 2)
+    assert crop_padding(padded, pad).shape == (1, 3, 20, 70)
+
+
+def test_a_processed_size_over_the_pixel_budget_names_both_sizes_and_the_options():
+    with pytest.raises(ImageTooLargeError, match=r"1x4000 .* 512x2048000 .*upscale=1.*max_pixels"):
+        check_processing_size((1, 4000), (512, 2_048_000), how="upscale=1, process_size=512")
+    check_processing_size((64, 64), (64, 64), how="", max_pixels=64 * 64)  # at the budget: fine
+    with pytest.raises(ImageTooLargeError):
+        check_processing_size((64, 64), (64, 65), how="", max_pixels=64 * 64)
 
 
 def test_aligned_input_is_returned_unpadded():

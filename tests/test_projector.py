@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from elqproj import ConfigError, InvalidInputError, Projector, ProjectorConfig, load_restorer
 from elqproj.errors import CheckpointMismatchError, UnknownNameError, WeightsNotFoundError
-from elqproj.imageio import to_tensor
+from elqproj.imageio import pad_to_multiple, to_tensor
 from tests.conftest import OSEDIFF_GOLDEN_PKL, SD21_HUB_ID, TINY_SD21, populate_hf_cache
 
 
@@ -138,9 +138,13 @@ def test_project_carries_alpha(projector):
     assert out.mode == "RGBA" and np.asarray(out)[..., 3].min() == 128
 
 
-def test_too_small_image_names_the_minimum(projector):
-    with pytest.raises(InvalidInputError, match="at least 64 px"):
-        projector.project(_image(20, 16))
+def test_an_image_below_the_models_minimum_is_padded_by_reflection_and_cropped_back(projector):
+    small = torch.rand(1, 3, 16, 20)
+    assert projector.engine.min_image_side == 64
+    out = projector.project(small, seed=0)
+    padded, _ = pad_to_multiple(small, 8, min_side=64)  # mirrored at the bottom and right edges
+    assert out.shape == small.shape
+    assert torch.equal(out, projector.project(padded, seed=0)[..., :16, :20])
 
 
 def test_prompt_count_must_match_batch(projector):

@@ -38,7 +38,7 @@ from .files import (
     resolve_max_pixels,
     save_image,
 )
-from .sizing import crop_padding, is_pil_input, pad_to_multiple, snap_to_uint8_levels
+from .sizing import check_processing_size, crop_padding, is_pil_input, pad_to_multiple, snap_to_uint8_levels
 from .tensors import RANGE_TOLERANCE, ImageMeta, check_image_tensor, from_tensor, to_tensor
 
 __all__ = [
@@ -58,4 +58,5 @@ __all__ = [
     "snap_to_uint8_levels",
     "pad_to_multiple",
     "crop_padding",
+    "check_processing_size",
 ]
