@@ -18,6 +18,7 @@ from typing import Any
 from . import __version__
 from .errors import ElqprojError, InvalidInputError
 from .imageio import IMAGE_SUFFIXES, expand_image_paths
+from .pipeline import LFO_MAX
 
 logger = logging.getLogger("elqproj")
 
@@ -50,9 +51,9 @@ def _lfo(value: str) -> int | str:
     try:
         number = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--lfo takes a non-negative integer or 'auto', not {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError("--lfo must be >= 0")
+        raise argparse.ArgumentTypeError(f"--lfo takes an integer from 0 to {LFO_MAX} or 'auto', not {value!r}") from None
+    if not 0 <= number <= LFO_MAX:
+        raise argparse.ArgumentTypeError(f"--lfo must be from 0 to {LFO_MAX} (the paper recommends 2), not {number}")
     return number
 
 
@@ -181,6 +182,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if any("error" in row for row in rows):
         print("out of memory: that size does not fit with these settings; try --dtype fp16, --tiling always "
               "or a smaller --batch")
+    enlarged = [str(row["size"]) for row in rows if row.get("process_side", row["size"]) != row["size"]]
+    if enlarged:
+        print(f"note: size(s) {', '.join(enlarged)} ran at --process-size {args.process_size} px, not at their own "
+              "size; --process-size 0 times them as given")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return 0
@@ -239,7 +244,7 @@ def _add_model_arguments(p: argparse.ArgumentParser, *, projector_help: str) -> 
     p.add_argument("--prompt-extractor", help="prompt extractor name (ram, dape, vlm, ...; default: none)")
     p.add_argument("--prompt-weights", help="weights of the --prompt-extractor (e.g. DAPE.pth)")
     p.add_argument("--prompt", help="a fixed prompt text instead of the extractor's prompts")
-    p.add_argument("--lfo", type=_lfo, default=0, help="Look-Forward-Once passes, or 'auto' (default 0)")
+    p.add_argument("--lfo", type=_lfo, default=0, help=f"Look-Forward-Once passes, 0 to {LFO_MAX}, or 'auto' (default 0; the paper recommends 2)")
     p.add_argument("--seed", type=int, default=None, help="random seed (reproducible results)")
     p.add_argument("--process-size", type=int, default=512,
                    help="enlarge so the short side is at least this many pixels (0: off; default 512)")
@@ -259,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image files, folders or globs")
     p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
     _add_model_arguments(p, projector_help="projector directory or Hub id; without it only the backend runs")
-    p.add_argument("--upscale", type=int, default=1, help="output/input size ratio (default 1)")
+    p.add_argument("--upscale", type=int, default=1, help="enlarge the input this many times before f and g (default 1); --process-size "
+                   "may enlarge further: a 451x300 input at the default 512 comes back 770x512")
     p.add_argument("--color-fix", choices=["adain", "wavelet", "none"], help="colour correction of g")
     p.add_argument("--restore-option", type=_key_value, action="append", metavar="KEY=VALUE",
                    help="another option of the backend's restore call, repeatable (e.g. steps=20 for seesr)")

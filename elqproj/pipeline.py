@@ -37,12 +37,15 @@ from .value_range import signed_to_unit, unit_to_signed
 if TYPE_CHECKING:
     from .adapters.base import Restorer
 
-__all__ = ["RestorationPipeline", "RestorationResult", "LFO_AUTO_CAP", "processing_size"]
+__all__ = ["RestorationPipeline", "RestorationResult", "LFO_AUTO_CAP", "LFO_MAX", "processing_size"]
 
 logger = logging.getLogger(__name__)
 
 #: Upper bound of refinement passes for ``lfo="auto"`` (the paper finds 2 best; it oscillates after).
 LFO_AUTO_CAP = 4
+#: The most refinement passes a call may ask for: far beyond the paper's best (2), where passes only
+#: oscillate; a larger ``lfo`` is an error rather than minutes of repeated work.
+LFO_MAX = 8
 
 
 @dataclass
@@ -58,7 +61,10 @@ class RestorationResult:
         timings: seconds per stage: "prompt" (Y on the input and on the final LQ proxy), "project" (f's
             first pass), "lfo" (every Look-Forward-Once round: Y on the proxy and f again; only when
             ``lfo`` is not 0), "restore" (g) and "total" (the whole call, sizing and conversions included).
-        lfo_passes: refinement passes actually run (< lfo cap when ``lfo="auto"`` stopped early).
+        lfo_passes: refinement passes actually run (fewer than asked when LFO stopped early).
+        lfo_stop: why LFO ran fewer passes than asked (``None`` when it ran them all): a pass's prompts
+            equal the previous ones, so every further pass would repeat the same f pass (with
+            ``lfo="auto"``: the tag sets no longer change).
     """
 
     image: Any
@@ -67,6 +73,7 @@ class RestorationResult:
     lq_passes: list[torch.Tensor]
     timings: dict[str, float] = field(default_factory=dict)
     lfo_passes: int = 0
+    lfo_stop: str | None = None
 
 
 class _Stopwatch:
@@ -330,6 +337,7 @@ class RestorationPipeline:
         sample_posterior: bool = True,
         restorer_options: dict[str, Any] | None = None,
         progress: bool = False,
+        max_pixels: int | None = None,
     ) -> RestorationResult:
         """Restore an extreme-LQ image.
 
@@ -339,20 +347,32 @@ class RestorationPipeline:
             prompt: a fixed text for every image (or one per image) instead of the prompt extractor's;
                 ``None``: the extractor's prompts (the empty prompt without one). The extractor still
                 supplies image features to a restorer that uses them (SeeSR).
-            lfo: refinement passes k (0 = no LFO; the paper recommends 2), or "auto": stop when the tag
-                set stops changing, at most :data:`LFO_AUTO_CAP` passes. Needs a projector.
+            lfo: refinement passes k (0 = no LFO; the paper recommends 2; at most :data:`LFO_MAX`), or
+                "auto": stop when the tag set stops changing, at most :data:`LFO_AUTO_CAP` passes. Passes
+                stop early when a pass's prompts equal the previous ones (the rest would repeat it; see
+                ``RestorationResult.lfo_stop``). Needs a projector.
             seed: makes the VAE posterior samples of f and g reproducible.
-            upscale: output/input size ratio. The ELQ image is first enlarged (bicubic) by ``upscale``;
-                f and g then run at that size (g restores without rescaling), as in training where ELQ, LQ and
-                HQ share one size.
+            upscale: enlargement before f: the ELQ image is enlarged (bicubic) by ``upscale``; f and g
+                then run at that size (g restores without rescaling), as in training where ELQ, LQ and HQ
+                share one size. The output is ``upscale`` times the input unless ``process_size`` enlarges
+                it further.
             process_size: if the enlarged image's short side is below this, it is enlarged further so
-                the short side equals it (SD-based models work poorly below 512 px); 0 disables.
+                the short side equals it (SD-based models work poorly below 512 px); 0 disables. An image
+                smaller than the models' minimum side is padded (reflected) to it and cropped back.
             restorer_options: g's own options (its ``restore``'s sampling options, e.g. SeeSR's ``steps``), and
                 ``color_fix`` (default: g's official one, ``restorer.capabilities.color_fix``).
             progress: show a progress bar over the stages (and g's own, where it has one).
+            max_pixels: the pixel budget of the size f and g process (after ``upscale`` and
+                ``process_size``), checked before anything is allocated; default ``ELQPROJ_MAX_PIXELS`` or
+                8192².
+
+        Raises:
+            ImageTooLargeError: the processed size exceeds ``max_pixels``.
+            InvalidInputError: ``lfo``, ``upscale`` or ``restorer_options`` are out of range.
         """
-        if not (lfo == "auto" or (isinstance(lfo, int) and not isinstance(lfo, bool) and lfo >= 0)):
-            raise InvalidInputError(f"lfo must be a non-negative integer or 'auto', got {lfo!r}.")
+        if not (lfo == "auto" or (isinstance(lfo, int) and not isinstance(lfo, bool) and 0 <= lfo <= LFO_MAX)):
+            raise InvalidInputError(f"lfo must be an integer from 0 to {LFO_MAX} or 'auto', got {lfo!r} (the paper "
+                                    "recommends 2; more passes oscillate).")
         if lfo and self.projector is None:
             raise InvalidInputError(
                 f"lfo={lfo!r}: Look Forward Once re-runs the projector, and this pipeline has none (g alone); "
@@ -365,8 +385,12 @@ class RestorationPipeline:
 
         x, meta = imageio.to_tensor(image)
         fixed = None if prompt is None else _fixed_texts(prompt, x.shape[0])
+        imageio.check_processing_size(tuple(x.shape[-2:]), processing_size(*x.shape[-2:], upscale=upscale,
+                                                                            process_size=process_size),
+                                      how=f"upscale={upscale}, process_size={process_size}", max_pixels=max_pixels)
         x = _enlarge(x, upscale=upscale, process_size=process_size)
-        padded, pad = imageio.pad_to_multiple(x, 8)
+        min_side = self.projector.engine.min_image_side if self.projector is not None else 1
+        padded, pad = imageio.pad_to_multiple(x, 8, min_side=min_side)
         cap = (LFO_AUTO_CAP if lfo == "auto" else lfo) if self.projector is not None else 0
         bar = tqdm(total=cap + 3, desc="restore", disable=not progress, leave=False)
 
@@ -382,6 +406,7 @@ class RestorationPipeline:
             texts = extract(x).texts
         prompts = [texts]
         passes = 0
+        stop = None
         if self.projector is None:
             lq = padded
             lq_passes = []
@@ -397,9 +422,12 @@ class RestorationPipeline:
             while passes < cap:
                 with clock("lfo"):
                     texts = extract(lq).texts
-                changed = [_tag_set(a) != _tag_set(b) for a, b in zip(texts, prompts[-1])]
-                if lfo == "auto" and not any(changed):
-                    logger.info("LFO stopped after %d passes: the prompts no longer change", passes)
+                if lfo == "auto" and all(_tag_set(a) == _tag_set(b) for a, b in zip(texts, prompts[-1])):
+                    stop = f"the tag sets of pass {passes + 1} equal those of pass {passes}"
+                elif texts == prompts[-1]:  # f on the cached latent with the same prompt: the same pass again
+                    stop = f"the prompts of pass {passes + 1} equal those of pass {passes}: further passes repeat it"
+                if stop is not None:
+                    logger.info("LFO stopped after %d of %d passes: %s", passes, cap, stop)
                     break
                 prompts.append(texts)
                 with clock("lfo"):
@@ -426,6 +454,7 @@ class RestorationPipeline:
             lq_passes=[imageio.crop_padding(p.cpu(), pad) for p in lq_passes],
             timings=clock.times,
             lfo_passes=passes,
+            lfo_stop=stop,
         )
 
     def _project(self, elq: torch.Tensor, latent: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
@@ -436,7 +465,7 @@ class RestorationPipeline:
 
     def _restore(self, lq: torch.Tensor, prompt: PromptResult, *, seed: int | None, progress: bool,
                  options: dict[str, Any]) -> torch.Tensor:
-        """g on the LQ proxy ``lq`` (B,3,H,W) in [0,1] (H, W multiples of 8): padded to g's size multiple,
+        """g on the LQ proxy ``lq`` (B,3,H,W) in [0,1] (H, W multiples of 8): padded to g's size multiple and minimum side,
         in g's value range, device and dtype, through its tensor core; then cropped and colour-fixed
         towards ``lq`` (``options["color_fix"]``, default g's official one). Returns (B,3,H,W) in [0,1]."""
         caps = self.restorer.capabilities
@@ -448,7 +477,7 @@ class RestorationPipeline:
                 "(prompt=, seed=, progress=, upscale=, process_size=) or configure_tiling()."
             )
         color_fix = options.pop("color_fix", caps.color_fix)
-        padded, pad = imageio.pad_to_multiple(lq, caps.size_multiple, mode=caps.pad_mode)
+        padded, pad = imageio.pad_to_multiple(lq, caps.size_multiple, mode=caps.pad_mode, min_side=caps.min_side)
         x = padded if caps.value_range == "unit" else unit_to_signed(padded)
         # No prompt at all (no extractor, no text): g's own default (S3Diff's official positive prompt,
         # SeeSR's own tagger) rather than the empty string forced on it.

@@ -51,10 +51,13 @@ def test_bench_times_a_saved_projector(tmp_path, projector_dir, capsys):
     assert row["projector"] == str(projector_dir) and "untrained" not in capsys.readouterr().out
 
 
-def test_bench_lfo_one_runs_one_refinement_pass(tmp_path):
+def test_bench_lfo_one_runs_one_refinement_pass_even_with_a_fixed_prompt(tmp_path):
+    """The pipeline skips a pass that would repeat the previous prompt; bench numbers the fixed text per
+    pass so that the pass asked for is timed."""
     assert main(_bench(tmp_path, "--sizes", "64", "--lfo", "1")) == 0
     (row,) = json.loads((tmp_path / "bench.json").read_text())
     assert row["lfo"] == 1 and row["lfo_passes"] == 1 and row["lfo_s"] > 0
+    assert "numbered per LFO pass" in row["prompt"]
     assert sum(row[k] for k in (*STAGES, "lfo_s")) <= row["total_s"]
 
 
@@ -107,3 +110,10 @@ def test_synthetic_images_are_seeded_smooth_and_in_range():
     assert a.shape == (2, 3, 32, 32) and a.equal(b) and not a.equal(synthetic_images(32, batch=2, seed=4))
     assert a.min() >= 0 and a.max() <= 1
     assert (a[..., 1:] - a[..., :-1]).abs().mean() < 0.1  # smooth: neighbours differ far less than noise (~0.33)
+
+
+def test_bench_says_when_a_size_ran_at_the_process_size_instead(tmp_path, capsys):
+    assert main(_bench(tmp_path, "--sizes", "64", "128", "--process-size", "128")) == 0
+    out = capsys.readouterr().out
+    assert "note: size(s) 64 ran at --process-size 128 px" in out
+    assert [row["process_side"] for row in json.loads((tmp_path / "bench.json").read_text())] == [128, 128]

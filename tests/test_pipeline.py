@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from elqproj import ConfigError, InvalidInputError, Projector, WeightsNotFoundError, load_restorer
-from elqproj.pipeline import LFO_AUTO_CAP, RestorationPipeline
+from elqproj.errors import ImageTooLargeError
+from elqproj.pipeline import LFO_AUTO_CAP, LFO_MAX, RestorationPipeline
 from elqproj.value_range import signed_to_unit
 from tests.conftest import OSEDIFF_GOLDEN_PKL, TINY_SD21
 from tests.identity_restorer import IdentityRestorer
@@ -107,7 +108,9 @@ def test_fixed_text_and_no_prompt(pipeline):
 def test_a_fixed_text_replaces_the_extractor(pipeline):
     tagger = ScriptedTagger(["from the tagger"])
     res = _with(pipeline, tagger)(_elq(), prompt="a dog", lfo=1, seed=0, process_size=0)
-    assert res.prompts == ["a dog"] * 3 and tagger.calls == []
+    assert tagger.calls == []
+    # f's pass with the same text again would repeat the first one: LFO stops before it.
+    assert res.prompts == ["a dog"] * 2 and res.lfo_passes == 0 and "equal" in res.lfo_stop
 
 
 @pytest.mark.parametrize("prompt", [["one", "two", "three"], [3, "x"], 7])
@@ -192,7 +195,36 @@ def test_upscale_and_process_size_set_the_working_size(pipeline):
     assert res.image.shape == (3, 80, 72)
 
 
-@pytest.mark.parametrize("lfo", [-1, 1.5, "twice", True])
+def test_an_image_below_the_models_minimum_side_comes_back_at_its_own_size(pipeline):
+    res = pipeline(torch.rand(3, 20, 30), prompt="", seed=0, process_size=0)  # f and g need 64 px
+    assert res.image.shape == (3, 20, 30) and res.lq.shape == (3, 20, 30)
+
+
+def test_a_thin_strip_is_refused_before_its_enlargement_is_allocated(pipeline):
+    """A 1x4000 strip at the default 512-px short side would be 512x2,048,000 px (12.6 GB as floats)."""
+    with pytest.raises(ImageTooLargeError, match=r"1x4000 \(H x W\) image would be processed at 512x2048000"):
+        pipeline(torch.rand(1, 3, 1, 4000), prompt="")
+
+
+def test_the_pixel_budget_is_the_processed_size_not_the_input(pipeline):
+    with pytest.raises(ImageTooLargeError, match="upscale=2"):
+        pipeline(torch.rand(3, 40, 40), prompt="", upscale=2, process_size=0, max_pixels=79 * 80)
+    assert pipeline(torch.rand(3, 40, 40), prompt="", upscale=2, process_size=0, max_pixels=80 * 80).image.shape == (3, 80, 80)
+
+
+def test_lfo_stops_when_a_pass_would_repeat_the_previous_one(pipeline):
+    tagger = ScriptedTagger(["a", "b", "b", "b"])
+    res = _with(pipeline, tagger)(_elq(), lfo=5, seed=0, process_size=0)
+    assert res.lfo_passes == 1 and len(res.lq_passes) == 2
+    assert res.prompts == ["a", "b", "b"] and "pass 2 equal those of pass 1" in res.lfo_stop
+
+
+def test_lfo_that_runs_every_pass_has_no_stop_reason(pipeline):
+    res = _with(pipeline, ScriptedTagger([f"t{i}" for i in range(9)]))(_elq(), lfo=2, seed=0, process_size=0)
+    assert res.lfo_passes == 2 and res.lfo_stop is None
+
+
+@pytest.mark.parametrize("lfo", [-1, 1.5, "twice", True, LFO_MAX + 1, 1000])
 def test_bad_lfo_is_rejected(pipeline, lfo):
     with pytest.raises(InvalidInputError, match="lfo"):
         pipeline(_elq(), lfo=lfo)
