@@ -18,19 +18,27 @@ import torch.nn.functional as F
 from PIL import Image
 
 from elqproj.colorfix import ColorFix, apply_color_fix
-from elqproj.imageio import snap_to_uint8_levels
+from elqproj.imageio import check_processing_size, snap_to_uint8_levels
 
 __all__ = ["pre_enlarged_size", "upscale_like_official", "upscale_tensor", "color_fix_like_official"]
 
 
 def pre_enlarged_size(width: int, height: int, *, process_size: int, upscale: int) -> tuple[int, int]:
     """``(width, height)`` after the scripts' first step: unchanged unless a side is below
-    ``process_size // upscale``, else scaled so that the short side equals it (truncated with ``int``)."""
+    ``process_size // upscale``, else scaled so that the short side equals it (truncated with ``int``).
+
+    Raises:
+        ImageTooLargeError: the size the model would then run at (×``upscale``) is over the pixel budget
+            (:func:`~elqproj.imageio.check_processing_size`): checked here, before any resize allocates it.
+    """
     floor = process_size // upscale
+    new_w, new_h = width, height
     if width < floor or height < floor:
         scale = floor / min(width, height)
-        return int(scale * width), int(scale * height)
-    return width, height
+        new_w, new_h = int(scale * width), int(scale * height)
+    check_processing_size((height, width), (new_h * upscale, new_w * upscale),
+                          how=f"upscale={upscale}, process_size={process_size}")
+    return new_w, new_h
 
 
 def upscale_like_official(image: Image.Image, *, process_size: int, upscale: int,

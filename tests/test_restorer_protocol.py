@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from elqproj import CheckpointMismatchError, ConfigError, InvalidInputError, load_restorer
+from elqproj.errors import ImageTooLargeError
 from elqproj.adapters.base import RESTORERS, identify_restorer, register_restorer
 from elqproj.tiling import TilingConfig
 from elqproj.value_range import signed_to_unit, unit_to_signed
@@ -46,6 +47,12 @@ def test_the_core_refuses_a_batch_that_is_not_sized_for_the_model(osediff, heigh
         height = width = osediff.capabilities.min_side - 8
     with pytest.raises(InvalidInputError, match=message):
         osediff.restore_batch(_batch(height, width))
+
+
+def test_the_edge_refuses_a_size_over_the_pixel_budget_before_enlarging_it(osediff):
+    """The official pre-enlargement makes a 1x4000 strip 128x512000, then x4: refused, not allocated."""
+    with pytest.raises(ImageTooLargeError, match=r"1x4000 \(H x W\) image would be processed at 512x2048000"):
+        osediff.restore(torch.rand(1, 3, 1, 4000))
 
 
 def test_the_core_refuses_a_batch_on_another_dtype(osediff):
