@@ -251,7 +251,7 @@ def _add_model_arguments(p: argparse.ArgumentParser, *, projector_help: str) -> 
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="weights dtype")
     p.add_argument("--tiling", default="auto", choices=["auto", "always", "never"], help="latent/VAE tiling")
-    p.add_argument("--tile-size", type=int, default=None, help="latent tile size in pixels (default 768)")
+    p.add_argument("--tile-size", type=int, default=None, help="latent tile size in image pixels, at least 32 (default 768)")
 
 
 def build_parser() -> argparse.ArgumentParser:

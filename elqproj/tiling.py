@@ -65,7 +65,9 @@ class TilingConfig(ConfigModel):
     """
 
     mode: Literal["auto", "always", "never"] = "auto"
-    latent_tile: int = pydantic.Field(96, ge=1)
+    #: At least 4 latent pixels (32 image pixels): a smaller tile shrinks to a single pixel inside the UNet,
+    #: where GroupNorm has one value per group and fails.
+    latent_tile: int = pydantic.Field(96, ge=4)
     latent_overlap: int = pydantic.Field(32, ge=0)
     vae_encoder_tile: int = pydantic.Field(1024, ge=1)
     vae_encoder_pad: int = pydantic.Field(32, ge=0)

@@ -10,6 +10,7 @@ import torch
 from elqproj import ConfigError, InvalidInputError, Projector, WeightsNotFoundError, load_restorer
 from elqproj.errors import ImageTooLargeError
 from elqproj.pipeline import LFO_AUTO_CAP, LFO_MAX, RestorationPipeline
+from elqproj.tiling import TilingConfig
 from elqproj.value_range import signed_to_unit
 from tests.conftest import OSEDIFF_GOLDEN_PKL, TINY_SD21
 from tests.identity_restorer import IdentityRestorer
@@ -195,6 +196,12 @@ def test_upscale_and_process_size_set_the_working_size(pipeline):
     assert res.image.shape == (3, 80, 72)
 
 
+def test_the_smallest_latent_tile_a_config_accepts_runs_through_the_unet(pipeline):
+    tiled = RestorationPipeline(pipeline.restorer, projector=pipeline.projector)
+    tiled.configure_tiling(TilingConfig(mode="always", latent_tile=4, latent_overlap=1))
+    assert tiled(torch.rand(3, 64, 64), prompt="", seed=0, process_size=0).image.shape == (3, 64, 64)
+
+
 def test_an_image_below_the_models_minimum_side_comes_back_at_its_own_size(pipeline):
     res = pipeline(torch.rand(3, 20, 30), prompt="", seed=0, process_size=0)  # f and g need 64 px
     assert res.image.shape == (3, 20, 30) and res.lq.shape == (3, 20, 30)
@@ -267,7 +274,6 @@ def test_seesr_receives_the_extractors_tags_and_image_features(monkeypatch):
 
 
 def test_a_restorer_that_cannot_tile_says_so():
-    from elqproj.tiling import TilingConfig
 
     pipe = RestorationPipeline(IdentityRestorer())
     with pytest.raises(ConfigError, match="cannot tile"):
@@ -276,7 +282,6 @@ def test_a_restorer_that_cannot_tile_says_so():
 
 
 def test_seesr_takes_a_tiling_configuration():
-    from elqproj.tiling import TilingConfig
     from tests.conftest import golden_set
 
     seesr = load_restorer("seesr", weights=golden_set("seesr") / "seesr", base_model=TINY_SD21, device="cpu")
@@ -290,7 +295,6 @@ def test_seesr_takes_a_tiling_configuration():
 def test_tiling_a_pipeline_leaves_the_shared_engine_as_it_was(pipeline):
     """configure_tiling applies to the pipeline's own calls: the engine f and g share with every other
     pipeline on that base keeps its tiling (a CLI run with --tiling always must not leak into the next)."""
-    from elqproj.tiling import TilingConfig
 
     engine = pipeline.projector.engine
     before = engine.tiling

@@ -53,9 +53,10 @@ def test_defaults_are_the_official_ones_and_round_trip_to_json():
 
 @pytest.mark.parametrize(
     "values",
-    [{"latent_tile": 32, "latent_overlap": 32}, {"latent_tile": 0}, {"vae_decoder_pad": -1}, {"mode": "sometimes"},
-     {"tile": 64}],
-    ids=["overlap-not-below-tile", "zero-tile", "negative-pad", "unknown-mode", "unknown-field"],
+    [{"latent_tile": 32, "latent_overlap": 32}, {"latent_tile": 0}, {"latent_tile": 2, "latent_overlap": 0},
+     {"vae_decoder_pad": -1}, {"mode": "sometimes"}, {"tile": 64}],
+    ids=["overlap-not-below-tile", "zero-tile", "tile-too-small-for-a-unet", "negative-pad", "unknown-mode",
+         "unknown-field"],
 )
 def test_invalid_config_is_a_config_error(values):
     with pytest.raises(ConfigError, match="TilingConfig"):
