@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 from pydantic import Field, field_validator
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from . import __version__, imageio
 from .errors import CheckpointMismatchError, ConfigError
-from .hub import WeightsSpec, resolve_dir
+from .hub import WeightsSpec, load_checkpoint, resolve_dir
 from .onestep import SD21_BASE, OneStepOutput, OneStepSD, prompts_for_batch
 from .validation import ConfigModel
 from .value_range import signed_to_unit, unit_to_signed
@@ -157,10 +157,12 @@ class Projector(torch.nn.Module):
             raise CheckpointMismatchError(f"{local / CONFIG_NAME} is not a projector config: {exc}") from exc
         if base_model is not None:
             cfg = cfg.model_copy(update={"base_model": os.fspath(base_model), "base_revision": None})
+        # Read (and check) the weights before the base model: a truncated file fails in a second, by name.
+        tensors = {k: v for k, v in load_checkpoint(local / WEIGHTS_NAME).items() if isinstance(v, torch.Tensor)}
         engine = OneStepSD.from_pretrained(cfg.base_model, revision=cfg.base_revision, device=device,
                                            dtype=dtype, shared=shared)
         projector = cls._attach(engine, cfg)
-        projector._load_weights(load_file(str(local / WEIGHTS_NAME)))
+        projector._load_weights(tensors)
         return projector
 
     def _load_weights(self, tensors: dict[str, torch.Tensor]) -> None:

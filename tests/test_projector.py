@@ -87,6 +87,14 @@ def test_missing_projector_is_a_clear_error(tmp_path):
         Projector.from_pretrained(tmp_path, device="cpu")
 
 
+def test_a_truncated_weights_file_names_the_file(projector, tmp_path):
+    folder = projector.save_pretrained(tmp_path / "p")
+    weights = folder / "projector.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(CheckpointMismatchError, match=r"projector\.safetensors is not a readable safetensors file"):
+        Projector.from_pretrained(folder, device="cpu")
+
+
 def test_projector_of_another_rank_is_refused(projector, tmp_path):
     saved = projector.save_pretrained(tmp_path / "p")
     cfg = json.loads((saved / "config.json").read_text())
