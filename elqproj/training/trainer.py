@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .. import losses
+from ..hub import load_checkpoint
 from ..degradations import DegradationParams, DegradationPipeline
 from ..degradations.sampling import derive_seed
 from ..errors import ConfigError, NumericalError
@@ -259,9 +260,8 @@ class IRIBTrainer:
             cfg.base_model, revision=cfg.base_revision, lora_rank=cfg.projector.lora_rank,
             lora_alpha=cfg.projector.lora_alpha, device=self.device, dtype=self.weight_dtype)
         if self.resume_dir is not None:
-            from safetensors.torch import load_file
-
-            regularizer.load_lora_state_dict(load_file(str(self.resume_dir / checkpoints.REGULARIZER_WEIGHTS)))
+            state = load_checkpoint(self.resume_dir / checkpoints.REGULARIZER_WEIGHTS)
+            regularizer.load_lora_state_dict({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
         return regularizer
 
     def _optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
