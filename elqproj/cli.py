@@ -70,8 +70,12 @@ def _load_pipeline(args: argparse.Namespace, *, fresh_projector: bool = False):
     from .tiling import TilingConfig
 
     text, extractor = args.prompt, args.prompt_extractor
-    if args.prompt_weights and extractor is None:
-        raise InvalidInputError("--prompt-weights needs --prompt-extractor (the extractor they belong to).")
+    extractor_options = dict(args.prompt_option or [])
+    if args.prompt_weights:
+        extractor_options["weights"] = args.prompt_weights
+    if extractor_options and extractor is None:
+        raise InvalidInputError("--prompt-weights and --prompt-option need --prompt-extractor (the extractor they "
+                                "belong to).")
     restorer_options: dict[str, Any] = dict(args.backend_option or [])
     if args.backend_weights:
         restorer_options["weights"] = args.backend_weights
@@ -87,7 +91,7 @@ def _load_pipeline(args: argparse.Namespace, *, fresh_projector: bool = False):
     pipeline = RestorationPipeline.from_components(
         projector=projector, projector_options=projector_options, restorer=args.backend,
         restorer_options=restorer_options, prompt_extractor=extractor,
-        prompt_extractor_options={"weights": args.prompt_weights} if args.prompt_weights else None,
+        prompt_extractor_options=extractor_options or None,
         device=args.device, dtype=args.dtype,
     )
     tile = {}
@@ -114,36 +118,70 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     restorer_options = dict(args.restore_option or [])
     if args.color_fix:
         restorer_options["color_fix"] = args.color_fix
-    failures = 0
+    failures = _Failures()
+    sources = {src.resolve() for src in inputs}
     for src, dst in tqdm(todo, desc="restore", unit="img", disable=args.quiet):
         try:
+            if dst.resolve() in sources:
+                raise InvalidInputError(f"-o {dst} is an input: restoring it would overwrite it; choose another output")
             image = imageio.load_image(src)
             result = pipeline(image, prompt=text, lfo=args.lfo, seed=args.seed, upscale=args.upscale,
                               process_size=args.process_size, restorer_options=restorer_options)
             imageio.save_image(result.image, dst, exif=image.info.get("exif"))
-        except ElqprojError as exc:
-            failures += 1
-            tqdm.write(f"error: {src}: {exc}", file=sys.stderr)
-    return 1 if failures else 0
+        except (ElqprojError, OSError) as exc:
+            failures(src, exc)
+    return failures.report(len(todo))
 
 
 def _cmd_degrade(args: argparse.Namespace) -> int:
     from .degradations.files import degrade_files
 
-    degrade_files(args.inputs, args.output, config=args.preset, seed=args.seed, scale=args.scale,
-                  save_params=args.save_params, device=args.device, progress=not args.quiet)
-    return 0
+    failures = _Failures()
+    written = degrade_files(args.inputs, args.output, config=args.preset, seed=args.seed, scale=args.scale,
+                            save_params=args.save_params, device=args.device, progress=not args.quiet,
+                            on_error=failures)
+    return failures.report(len(written) + len(failures.failed))
 
 
 def _cmd_tag(args: argparse.Namespace) -> int:
     from . import imageio
     from .prompts import load_prompt_extractor
 
-    extractor = load_prompt_extractor(args.extractor, weights=args.weights, device=args.device, dtype=args.dtype)
-    for path in expand_image_paths(args.inputs):
-        text = extractor([imageio.load_image(path)])[0]
+    paths = expand_image_paths(args.inputs)
+    options = {key: value for key in ("tag_list", "tag_thresholds") if (value := getattr(args, key))}
+    extractor = load_prompt_extractor(args.extractor, weights=args.weights, device=args.device, dtype=args.dtype,
+                                      **options)
+    failures = _Failures()
+    for path in paths:
+        try:
+            text = extractor([imageio.load_image(path)])[0]
+        except (ElqprojError, OSError) as exc:
+            failures(path, exc)
+            continue
         print(json.dumps({"file": str(path), "prompt": text}) if args.json else f"{path}\t{text}")
-    return 0
+    return failures.report(len(paths))
+
+
+class _Failures:
+    """Collects the files a folder command could not process (it goes on with the others) and reports them."""
+
+    def __init__(self) -> None:
+        self.failed: list[tuple[Path, str]] = []
+
+    def __call__(self, path: Path, exc: Exception) -> None:
+        self.failed.append((path, str(exc)))
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"error: {path}: {exc}", file=sys.stderr)
+
+    def report(self, total: int) -> int:
+        """Exit status: 0 when every file went through, else 1 after a summary of the failures."""
+        if not self.failed:
+            return 0
+        print(f"{len(self.failed)} of {total} file(s) failed:", file=sys.stderr)
+        for path, reason in self.failed:
+            print(f"  {path}: {reason}", file=sys.stderr)
+        return 1
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -243,6 +281,8 @@ def _add_model_arguments(p: argparse.ArgumentParser, *, projector_help: str) -> 
     p.add_argument("--base-model", help="SD base model directory or Hub id (overrides the default)")
     p.add_argument("--prompt-extractor", help="prompt extractor name (ram, dape, vlm, ...; default: none)")
     p.add_argument("--prompt-weights", help="weights of the --prompt-extractor (e.g. DAPE.pth)")
+    p.add_argument("--prompt-option", type=_key_value, action="append", metavar="KEY=VALUE",
+                   help="another option of the --prompt-extractor, repeatable (e.g. tag_list=ram_tag_list.txt)")
     p.add_argument("--prompt", help="a fixed prompt text instead of the extractor's prompts")
     p.add_argument("--lfo", type=_lfo, default=0, help=f"Look-Forward-Once passes, 0 to {LFO_MAX}, or 'auto' (default 0; the paper recommends 2)")
     p.add_argument("--seed", type=int, default=None, help="random seed (reproducible results)")
@@ -301,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image files, folders or globs")
     p.add_argument("--extractor", default="ram", help="ram, dape, vlm, ... (default ram)")
     p.add_argument("--weights", default=None, help="extractor weights (path, Hub id or URL)")
+    p.add_argument("--tag-list", default=None, help="RAM/DAPE tag list file (default: the official one, downloaded)")
+    p.add_argument("--tag-thresholds", default=None,
+                   help="RAM/DAPE per-tag threshold file (default: the official one, downloaded)")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"])
     p.add_argument("--json", action="store_true", help="one JSON object per line")

@@ -125,6 +125,7 @@ class _CountingTagger:
         from elqproj.prompts import FixedPrompt
 
         cls.loads += 1
+        cls.options = kwargs
         return FixedPrompt(f"tags from {weights}")
 
 
@@ -167,7 +168,7 @@ def test_prompt_weights_need_an_extractor_name(tmp_path, capsys):
     assert main(["restore", str(src), "-o", str(tmp_path / "o.png"), "--prompt", "a dog", "--prompt-weights",
                  "w.pth", "--backend-weights", str(OSEDIFF_GOLDEN_PKL), "--base-model", str(TINY_SD21),
                  "--device", "cpu"]) == 2
-    assert "--prompt-weights needs --prompt-extractor" in capsys.readouterr().err
+    assert "--prompt-weights and --prompt-option need --prompt-extractor" in capsys.readouterr().err
 
 
 class _FeatureTagger:
@@ -247,3 +248,65 @@ def test_s3diff_restores_from_the_command_line(tmp_path, projector_dir, seesr_ba
 def test_a_malformed_key_value_option_is_a_usage_error(tmp_path):
     with pytest.raises(SystemExit):
         main(["restore", "x.png", "-o", "y.png", "--backend-option", "no-equals-sign"])
+
+
+def test_restore_never_overwrites_its_input(tmp_path, projector_dir, capsys):
+    src = _write(tmp_path / "same.png")
+    before = src.read_bytes()
+    assert main(["restore", str(src), "-o", str(src), *_common(projector_dir)]) == 1
+    assert "is an input" in capsys.readouterr().err and src.read_bytes() == before
+
+
+def test_an_output_below_a_file_is_a_clear_error_not_a_traceback(tmp_path, projector_dir, capsys):
+    src = _write(tmp_path / "in.png")
+    (tmp_path / "a_file").write_text("not a folder")
+    assert main(["restore", str(src), "-o", str(tmp_path / "a_file" / "out.png"), *_common(projector_dir)]) == 1
+    assert "a_file' is a file, not a folder" in capsys.readouterr().err
+
+
+def test_degrade_goes_through_a_folder_past_a_corrupt_file_and_reports_it(tmp_path, capsys):
+    _write(tmp_path / "in" / "a.png", 64, 64)
+    (tmp_path / "in" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    _write(tmp_path / "in" / "c.png", 64, 64, seed=1)
+    assert main(["degrade", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--preset", "realesrgan", "-q"]) == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "c.png"]
+    err = capsys.readouterr().err
+    assert "1 of 3 file(s) failed" in err and "b.png" in err
+
+
+def test_degrade_never_overwrites_its_input(tmp_path, capsys):
+    src = _write(tmp_path / "a.png", 64, 64)
+    before = src.read_bytes()
+    assert main(["degrade", str(src), "-o", str(tmp_path), "-q"]) == 1
+    assert "is the input itself" in capsys.readouterr().err and src.read_bytes() == before
+
+
+def test_tag_goes_through_a_folder_past_a_corrupt_file_and_reports_it(tmp_path, capsys, counting_tagger):
+    _write(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"GIF89a broken")
+    _write(tmp_path / "c.png", seed=1)
+    assert main(["tag", str(tmp_path), "--extractor", "counting-test", "--device", "cpu"]) == 1
+    captured = capsys.readouterr()
+    assert [Path(line.split("\t")[0]).name for line in captured.out.splitlines()] == ["a.png", "c.png"]
+    assert "1 of 3 file(s) failed" in captured.err
+
+
+def test_tag_with_ram_offline_names_the_tag_list_option_and_takes_it(tmp_path, capsys):
+    ram = golden_set("ram")
+    _write(tmp_path / "a.png")
+    base = ["tag", str(tmp_path / "a.png"), "--extractor", "ram", "--weights", str(ram / "ram_tiny.pth"), "--device", "cpu"]
+    assert main(base) == 2
+    assert "--tag-list FILE" in capsys.readouterr().err
+    tags = ram / "tags"
+    assert main([*base, "--tag-list", str(tags / "ram_tag_list.txt"),
+                 "--tag-thresholds", str(tags / "ram_tag_list_threshold.txt")]) == 0
+    assert capsys.readouterr().out.startswith(str(tmp_path / "a.png"))
+
+
+def test_prompt_options_reach_the_extractor(tmp_path, counting_tagger):
+    src = _write(tmp_path / "in.png")
+    assert main(["restore", str(src), "-o", str(tmp_path / "o.png"), "--backend-weights", str(OSEDIFF_GOLDEN_PKL),
+                 "--base-model", str(TINY_SD21), "--prompt-extractor", "counting-test", "--prompt-option",
+                 "tag_list=tags.txt", "--prompt-option", "threshold=0.6", "--device", "cpu", "--process-size", "64",
+                 "-q"]) == 0
+    assert counting_tagger.options == {"tag_list": "tags.txt", "threshold": 0.6}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .. import imageio
 from ..imageio import expand_image_paths
-from ..errors import InvalidInputError
+from ..errors import ElqprojError, InvalidInputError
 from .config import DegradationConfig
 from .pipeline import DegradationPipeline
 from .presets import get_preset
@@ -46,6 +46,7 @@ def degrade_files(
     save_params: bool = False,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    on_error: Callable[[Path, Exception], None] | None = None,
 ) -> list[Path]:
     """Degrade every image of ``inputs`` and write ``<output_dir>/<stem>.png``.
 
@@ -62,6 +63,9 @@ def degrade_files(
             draws are device-dependent).
         device: where the degradation runs.
         progress: show a tqdm progress bar.
+        on_error: called with the path and the error when an image fails (unreadable, too small, an
+            output that would overwrite its input, a write error); the other images are still
+            degraded. ``None``: the first failure raises.
 
     Returns:
         The written image paths, in input order.
@@ -90,17 +94,24 @@ def degrade_files(
     output_dir = Path(output_dir)
     written = []
     for path in tqdm(paths, desc=f"degrade ({pipeline.config.name})", unit="img", disable=not progress):
-        image, _ = imageio.to_tensor(imageio.load_image(path))
-        per_image_seed = image_seed(seed, path)
-        lq, params = pipeline(image.to(device), generator=torch.Generator().manual_seed(per_image_seed))
         target = output_dir / f"{path.stem}.png"
-        written.append(imageio.save_image(_to_pil(lq), target))
-        if save_params:
-            record = {
-                "source": str(path),
-                "seed": per_image_seed,
-                "config": pipeline.config.model_dump(mode="json"),
-                "params": params.model_dump(mode="json"),
-            }
-            target.with_suffix(".json").write_text(json.dumps(record, indent=2))
+        try:
+            if target.resolve() == path.resolve():
+                raise InvalidInputError(f"{target} is the input itself: choose another output folder")
+            image, _ = imageio.to_tensor(imageio.load_image(path))
+            per_image_seed = image_seed(seed, path)
+            lq, params = pipeline(image.to(device), generator=torch.Generator().manual_seed(per_image_seed))
+            written.append(imageio.save_image(_to_pil(lq), target))
+            if save_params:
+                record = {
+                    "source": str(path),
+                    "seed": per_image_seed,
+                    "config": pipeline.config.model_dump(mode="json"),
+                    "params": params.model_dump(mode="json"),
+                }
+                target.with_suffix(".json").write_text(json.dumps(record, indent=2))
+        except (ElqprojError, OSError) as exc:
+            if on_error is None:
+                raise
+            on_error(path, exc)
     return written

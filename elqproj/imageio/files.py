@@ -387,7 +387,13 @@ def _encode_16_bit_colour(
 
 def _write_atomically(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     """Run ``write`` on a hidden temporary file next to ``path``, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next(p for p in [path.parent, *path.parent.parents] if p.exists() and not p.is_dir())
+        raise InvalidInputError(
+            f"cannot write {str(path)!r}: {str(blocker)!r} is a file, not a folder; choose another output path"
+        ) from None
     # A hidden name in the same folder, so os.replace is an atomic rename on the same file system;
     # open(..., "xb") creates it with the usual umask permissions (mkstemp would force 0600).
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")

@@ -113,7 +113,14 @@ def ram_pixel_values(images: Sequence[torch.Tensor], size: int, preprocessing: P
 
 
 def _read_text(spec: str | os.PathLike, what: str) -> str:
-    path = hub.resolve_file(spec, sha256=_SHA256.get(os.fspath(spec)))
+    try:
+        path = hub.resolve_file(spec, sha256=_SHA256.get(os.fspath(spec)))
+    except WeightsNotFoundError as exc:
+        option = "tag_thresholds" if "threshold" in what else "tag_list"
+        raise WeightsNotFoundError(
+            f"{exc} The {what} is a separate file from the RAM/DAPE weights: pass {option}= a local copy (CLI: "
+            f"--{option.replace('_', '-')} FILE, or --prompt-option {option}=FILE) of {spec}."
+        ) from exc
     try:
         return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
