@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from elqproj.devices import resolve_dtype
-from elqproj.errors import ConfigError, InvalidInputError
+from elqproj.errors import ConfigError, InvalidInputError, WeightsNotFoundError
 from elqproj.registry import Registry, RegistryEntry
 
 __all__ = [
@@ -349,6 +349,8 @@ def load_restorer(name: str | None, weights: Any = None, **kwargs: Any) -> Resto
 
     Raises:
         ConfigError: the restorer declares that it cannot run in the requested ``dtype``.
+        WeightsNotFoundError: a file could not be found or downloaded; the message says which option
+            gives it (weights, base model) and what each defaults to.
     """
     if name is None:
         if weights is None:
@@ -361,7 +363,16 @@ def load_restorer(name: str | None, weights: Any = None, **kwargs: Any) -> Resto
             f"The {cls.name} restorer does not run correctly in {dtype} (its capabilities say so): load it "
             "with dtype=torch.float32, or another dtype it supports."
         )
-    restorer = cls.from_pretrained(weights, **kwargs)
+    try:
+        restorer = cls.from_pretrained(weights, **kwargs)
+    except WeightsNotFoundError as exc:
+        caps = cls.capabilities
+        raise WeightsNotFoundError(
+            f"{exc}\nThe {cls.name} restorer needs its weights (weights=, CLI --backend-weights; default "
+            f"{caps.default_weights or 'none: pass them'}) and its base model (base_model=, CLI --base-model; default "
+            f"{caps.base_model or 'none'}); defaults are downloaded on first use and cached, and HF_HUB_OFFLINE=1 "
+            "reads the cache only."
+        ) from exc
     options = {"weights": weights, **{k: v for k, v in kwargs.items() if k not in ("device", "dtype")}}
     restorer.load_spec = (name.lower(), options)
     return restorer

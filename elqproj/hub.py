@@ -54,8 +54,14 @@ _PICKLE_SUFFIXES = (".pkl", ".pth", ".pt", ".bin", ".ckpt")
 
 
 def cache_dir() -> Path:
-    """Directory for files elqproj downloads itself (URLs): ``$ELQPROJ_CACHE`` or ``~/.cache/elqproj``."""
-    return Path(os.environ.get("ELQPROJ_CACHE", Path.home() / ".cache" / "elqproj")).expanduser()
+    """Directory for files elqproj downloads itself (URLs), beside huggingface_hub's own cache:
+    ``$ELQPROJ_CACHE``, else ``$HF_HOME/elqproj``, else ``$XDG_CACHE_HOME/elqproj``, else ``~/.cache/elqproj``."""
+    if os.environ.get("ELQPROJ_CACHE"):
+        return Path(os.environ["ELQPROJ_CACHE"]).expanduser()
+    for variable in ("HF_HOME", "XDG_CACHE_HOME"):
+        if os.environ.get(variable):
+            return Path(os.environ[variable]).expanduser() / "elqproj"
+    return Path.home() / ".cache" / "elqproj"
 
 
 def is_offline() -> bool:

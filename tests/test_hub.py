@@ -170,3 +170,24 @@ def test_a_url_download_lands_at_its_cache_path(tmp_path, monkeypatch):
 def test_url_offline_and_uncached_is_not_found():
     with pytest.raises(WeightsNotFoundError, match="HF_HUB_OFFLINE"):
         resolve_file("https://example.invalid/osediff.pkl")
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"ELQPROJ_CACHE": "/a", "HF_HOME": "/b", "XDG_CACHE_HOME": "/c"}, "/a"),
+    ({"HF_HOME": "/b", "XDG_CACHE_HOME": "/c"}, "/b/elqproj"),
+    ({"XDG_CACHE_HOME": "/c"}, "/c/elqproj"),
+])
+def test_url_downloads_follow_the_cache_variables(monkeypatch, env, expected):
+    for variable in ("ELQPROJ_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    assert cache_dir() == Path(expected)
+
+
+def test_a_restorer_whose_weights_are_missing_offline_says_which_options_give_them(tmp_path):
+    with pytest.raises(WeightsNotFoundError) as info:
+        load_restorer("osediff", base_model=TINY_SD21, device="cpu")  # default weights: not cached, offline
+    message = str(info.value)
+    assert "osediff.pkl" in message and "--backend-weights" in message and "--base-model" in message
+    assert "stabilityai/stable-diffusion-2-1-base" in message

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from elqproj.errors import ConfigError, DeviceError, InvalidInputError
+from elqproj.errors import ConfigError, DeviceError, InvalidInputError, WeightsNotFoundError
 from elqproj.imageio import to_tensor
 from elqproj.registry import Registry, RegistryEntry
 
@@ -192,9 +192,17 @@ def load_prompt_extractor(
 
     Raises:
         UnknownNameError: ``name`` is not registered (the message lists the known names).
+        WeightsNotFoundError: a file could not be found or downloaded (the message names the option).
     """
     factory = PROMPT_EXTRACTORS.get(name)
-    extractor = factory(weights=weights, device=device, dtype=dtype, revision=revision, **kwargs)
+    try:
+        extractor = factory(weights=weights, device=device, dtype=dtype, revision=revision, **kwargs)
+    except WeightsNotFoundError as exc:
+        default = describe_prompt_extractor(name).get("default_weights") or "none: pass them"
+        raise WeightsNotFoundError(
+            f"{exc}\nThe {name} prompt extractor's weights come from weights= (CLI: --prompt-weights, or --weights "
+            f"for elqproj tag; default {default}); defaults are downloaded on first use and cached."
+        ) from exc
     if not isinstance(extractor, PromptExtractor):
         raise ConfigError(
             f"The factory registered as {name!r} returned {type(extractor).__name__}, not a PromptExtractor."

@@ -237,3 +237,10 @@ def test_dape_lora_for_another_ram_is_a_mismatch(tiny_ram, tmp_path):
     del lora["visual_encoder.layers.3.blocks.0.attn.qkv.lora_A"]
     with pytest.raises(CheckpointMismatchError, match="missing 1 LoRA tensors"):
         _dape(tiny_ram, tmp_path, lora)
+
+
+def test_missing_default_weights_offline_name_the_option_that_gives_them():
+    from elqproj.errors import WeightsNotFoundError
+
+    with pytest.raises(WeightsNotFoundError, match="--prompt-weights"):
+        load_prompt_extractor("ram", device="cpu")  # default weights: not cached, offline
