@@ -238,7 +238,7 @@ def benchmark_restore(
         bar.set_postfix(size=size)
 
         def restore_once() -> None:
-            result = pipeline(images, prompt=prompt, lfo=lfo, seed=seed, process_size=process_size,
+            result = pipeline(images, prompt=prompt, lfo=lfo, seed=seed, process_size=process_size, progress=False,
                               restorer_options=restorer_options)
             # Keep the numbers only: holding every result's images would inflate the memory measured.
             calls.append((result.timings, result.lfo_passes, result.lq.shape[-1], result.image.shape[-1]))

@@ -126,7 +126,8 @@ def _cmd_restore(args: argparse.Namespace) -> int:
                 raise InvalidInputError(f"-o {dst} is an input: restoring it would overwrite it; choose another output")
             image = imageio.load_image(src)
             result = pipeline(image, prompt=text, lfo=args.lfo, seed=args.seed, upscale=args.upscale,
-                              process_size=args.process_size, restorer_options=restorer_options)
+                              process_size=args.process_size, restorer_options=restorer_options,
+                              progress=not args.quiet)
             imageio.save_image(result.image, dst, exif=image.info.get("exif"))
         except (ElqprojError, OSError) as exc:
             failures(src, exc)

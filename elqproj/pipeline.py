@@ -77,12 +77,16 @@ class RestorationResult:
 
 
 class _Stopwatch:
-    def __init__(self, device: torch.device) -> None:
+    """Seconds per stage (synchronised with the device); names the running stage on the progress bar."""
+
+    def __init__(self, device: torch.device, bar: Any) -> None:
         self.device = device
+        self.bar = bar
         self.times: dict[str, float] = {}
 
     @contextmanager
     def __call__(self, stage: str):
+        self.bar.set_postfix_str(stage)
         synchronize(self.device)
         start = time.perf_counter()
         try:
@@ -336,7 +340,7 @@ class RestorationPipeline:
         process_size: int = 512,
         sample_posterior: bool = True,
         restorer_options: dict[str, Any] | None = None,
-        progress: bool = False,
+        progress: bool = True,
         max_pixels: int | None = None,
     ) -> RestorationResult:
         """Restore an extreme-LQ image.
@@ -361,7 +365,8 @@ class RestorationPipeline:
                 smaller than the models' minimum side is padded (reflected) to it and cropped back.
             restorer_options: g's own options (its ``restore``'s sampling options, e.g. SeeSR's ``steps``), and
                 ``color_fix`` (default: g's official one, ``restorer.capabilities.color_fix``).
-            progress: show a progress bar over the stages (and g's own, where it has one).
+            progress: show a progress bar over the stages, naming the running one (prompt, project, lfo,
+                restore), and g's own bar where it has one (SeeSR's steps); ``False`` hides them.
             max_pixels: the pixel budget of the size f and g process (after ``upscale`` and
                 ``process_size``), checked before anything is allocated; default ``ELQPROJ_MAX_PIXELS`` or
                 8192².
@@ -380,7 +385,6 @@ class RestorationPipeline:
             )
         if not isinstance(upscale, int) or isinstance(upscale, bool) or upscale < 1:
             raise InvalidInputError(f"upscale must be a positive integer, got {upscale!r}.")
-        clock = _Stopwatch(self.device)
         start = time.perf_counter()
 
         x, meta = imageio.to_tensor(image)
@@ -393,6 +397,7 @@ class RestorationPipeline:
         padded, pad = imageio.pad_to_multiple(x, 8, min_side=min_side)
         cap = (LFO_AUTO_CAP if lfo == "auto" else lfo) if self.projector is not None else 0
         bar = tqdm(total=cap + 3, desc="restore", disable=not progress, leave=False)
+        clock = _Stopwatch(self.device, bar)
 
         def extract(images: torch.Tensor, *, features: bool = False) -> PromptResult:
             if fixed is not None and not (features and self.prompt_extractor is not None):

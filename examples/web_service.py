@@ -38,7 +38,8 @@ class RestorationService:
             image.load()
         except Exception as exc:  # PIL raises many types for bad uploads
             raise ElqprojError(f"The upload is not a readable image: {exc}") from exc
-        result = self.pipeline(image, prompt=self.prompt, lfo=lfo, seed=seed, process_size=self.process_size)
+        result = self.pipeline(image, prompt=self.prompt, lfo=lfo, seed=seed, process_size=self.process_size,
+                               progress=False)
         buffer = io.BytesIO()
         result.image.save(buffer, format="PNG")
         return buffer.getvalue()

@@ -310,3 +310,12 @@ def test_prompt_options_reach_the_extractor(tmp_path, counting_tagger):
                  "tag_list=tags.txt", "--prompt-option", "threshold=0.6", "--device", "cpu", "--process-size", "64",
                  "-q"]) == 0
     assert counting_tagger.options == {"tag_list": "tags.txt", "threshold": 0.6}
+
+
+@pytest.mark.parametrize("quiet", [False, True], ids=["progress", "quiet"])
+def test_restore_shows_the_running_stage_unless_quiet(tmp_path, projector_dir, capsys, quiet):
+    src = _write(tmp_path / "in.png")
+    args = ["restore", str(src), "-o", str(tmp_path / "out.png"), *[a for a in _common(projector_dir) if a != "-q"]]
+    assert main(args + (["-q"] if quiet else [])) == 0
+    err = capsys.readouterr().err
+    assert all((stage in err) != quiet for stage in ("prompt", "project", "restore"))

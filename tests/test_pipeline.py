@@ -268,7 +268,7 @@ def test_seesr_receives_the_extractors_tags_and_image_features(monkeypatch):
     pipe = RestorationPipeline(seesr, projector=Projector.from_base(TINY_SD21, device="cpu"), prompt_extractor=Tagger())
     res = pipe(_elq(), seed=0, process_size=0, restorer_options={"steps": 2})
     assert seen["image_features"] is features and seen["prompts"] == ["bird, branch"]
-    assert seen["steps"] == 2 and seen["progress"] is False
+    assert seen["steps"] == 2 and seen["progress"] is True  # the pipeline's progress (on by default) reaches g
     assert seen["lq"].shape == (1, 3, 64, 64) and 0 <= seen["lq"].min() and seen["lq"].max() <= 1  # SeeSR's range
     assert res.image.shape == (3, 64, 64)
 
