@@ -156,6 +156,14 @@ class Restorer(torch.nn.Module, abc.ABC):
         restorer's weights file; :func:`identify_restorer` asks every registered restorer. Default: no."""
         return False
 
+    @classmethod
+    def tiny_random(cls, engine: Any, *, seed: int = 0) -> Restorer:
+        """A randomly initialised instance of this restorer's architecture on ``engine`` (a tiny
+        :class:`~elqproj.onestep.OneStepSD` built in memory), for ``elqproj selftest``: it exercises the
+        code paths on a device and dtype, nothing about quality. Optional: the default raises
+        ``NotImplementedError`` and the self-test lists the restorer as skipped."""
+        raise NotImplementedError(f"the {cls.name} restorer has no tiny random model")
+
     def refine_capabilities(self, **changes: Any) -> None:
         """Describe this loaded model: ``capabilities`` becomes the class defaults with ``changes``."""
         self.capabilities = replace(type(self).capabilities, **changes)

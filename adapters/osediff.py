@@ -45,12 +45,14 @@ _LORA_ALPHA = 8  # not stored in osediff.pkl: the official loader relies on peft
 _TIMESTEP = 999
 
 
-def lora_config(rank: int, target_modules: Sequence[str]):
-    """peft LoraConfig as the official OSEDiff loader builds it (alpha 8, no dropout)."""
+def lora_config(rank: int, target_modules: Sequence[str] | str):
+    """peft LoraConfig as the official OSEDiff loader builds it (alpha 8, no dropout); ``target_modules``
+    is a list of module names (peft matches their suffixes) or one regular expression (full match)."""
     from peft import LoraConfig
 
+    targets = target_modules if isinstance(target_modules, str) else sorted(set(target_modules))
     return LoraConfig(r=int(rank), lora_alpha=_LORA_ALPHA, init_lora_weights="gaussian",
-                      target_modules=sorted(set(target_modules)), lora_dropout=0.0)
+                      target_modules=targets, lora_dropout=0.0)
 
 
 def _rename_adapter(key: str, official: str, full: str) -> str:
@@ -106,6 +108,25 @@ class OSEDiffRestorer(Restorer):
         return True
 
     # ------------------------------------------------------------------ loading
+    @classmethod
+    def tiny_random(cls, engine: OneStepSD, *, seed: int = 0) -> OSEDiffRestorer:
+        """OSEDiff's adapter set (the official LoRA targets, rank 4, and its own ``conv_in``) with random
+        weights on ``engine``, for ``elqproj selftest``."""
+        from elqproj.projector import OSEDIFF_UNET_TARGETS, OSEDIFF_VAE_TARGETS
+
+        set_name = f"osediff_random_{seed}"
+        if not engine.has_adapter_set(set_name):
+            engine.add_adapter_set(set_name, unet={"default_encoder": lora_config(4, OSEDIFF_UNET_TARGETS)},
+                                   vae={_VAE_ADAPTER: lora_config(4, OSEDIFF_VAE_TARGETS)})
+            generator = torch.Generator().manual_seed(seed)
+            with torch.no_grad():
+                for param in engine.adapter_parameters(set_name):
+                    param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
+            conv_in = engine.base_value("unet", "conv_in.weight").float().cpu()
+            engine.set_override(set_name, "unet", "conv_in.weight",
+                                conv_in + torch.randn(conv_in.shape, generator=generator) * 0.02)
+        return cls(engine, set_name, weights="random (selftest)")
+
     @classmethod
     def from_pretrained(
         cls,

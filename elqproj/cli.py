@@ -230,6 +230,25 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_selftest(args: argparse.Namespace) -> int:
+    from .selftest import format_checks, run_selftest
+
+    def line(check) -> None:
+        if not args.json:
+            print(f"{check.status.upper():<6}  {check.seconds:7.2f}  {check.name:<26}  {check.detail}", flush=True)
+
+    if not args.json:
+        print("elqproj selftest: tiny random models built in memory (no download); checks the code paths on this "
+              "device and dtype, not quality")
+        print(f"{'status':<6}  {'seconds':>7}  {'check':<26}  detail")
+    checks = run_selftest(args.device, args.dtype, on_check=line)
+    if args.json:
+        print(json.dumps([c.as_dict() for c in checks], indent=2))
+    else:
+        print(format_checks(checks).splitlines()[-1])
+    return 1 if any(c.status == "fail" for c in checks) else 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     import torch
 
@@ -337,6 +356,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_degrade)
+
+    p = sub.add_parser("selftest", help="check every part on this device and dtype with tiny random models "
+                                        "(no download): the first command on a new machine")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="model dtype (default fp32)")
+    p.add_argument("--json", action="store_true", help="print the checks as JSON")
+    p.set_defaults(func=_cmd_selftest)
 
     p = sub.add_parser("tag", help="print the prompt a prompt extractor gives each image")
     p.add_argument("inputs", nargs="+", help="image files, folders or globs")

@@ -38,12 +38,13 @@ __all__ = ["Projector", "ProjectorConfig", "SD21_BASE"]
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "projector.safetensors"
 
-# OSEDiff's LoRA targets (osediff.py initialize_unet / initialize_vae), as peft target specs.
-_UNET_TARGETS = [
+#: OSEDiff's LoRA targets (osediff.py initialize_unet / initialize_vae), as peft target specs: the
+#: projector's defaults (f is OSEDiff-shaped).
+OSEDIFF_UNET_TARGETS = [
     "to_k", "to_q", "to_v", "to_out.0", "conv", "conv1", "conv2", "conv_in", "conv_shortcut",
     "conv_out", "proj_out", "proj_in", "ff.net.2", "ff.net.0.proj",
 ]
-_VAE_TARGETS = r"^(encoder\..*(conv1|conv2|conv_in|conv_shortcut|conv|conv_out|to_k|to_q|to_v|to_out\.0)|quant_conv)$"
+OSEDIFF_VAE_TARGETS = r"^(encoder\..*(conv1|conv2|conv_in|conv_shortcut|conv|conv_out|to_k|to_q|to_v|to_out\.0)|quant_conv)$"
 _instances = itertools.count()
 
 
@@ -64,8 +65,8 @@ class ProjectorConfig(ConfigModel):
     base_revision: str | None = None
     lora_rank: int = Field(4, ge=1, le=1024)
     lora_alpha: float = Field(8.0, gt=0)
-    unet_target_modules: list[str] | str = Field(default_factory=lambda: list(_UNET_TARGETS))
-    vae_target_modules: list[str] | str = _VAE_TARGETS
+    unet_target_modules: list[str] | str = Field(default_factory=lambda: list(OSEDIFF_UNET_TARGETS))
+    vae_target_modules: list[str] | str = OSEDIFF_VAE_TARGETS
     full_weights: list[str] = Field(default_factory=lambda: ["unet.conv_in.weight", "unet.conv_in.bias"])
     timestep: int = Field(999, ge=0, le=999)
     elqproj_version: str = __version__
