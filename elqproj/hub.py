@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointMismatchError, UnsafeCheckpointError, WeightsNotFoundError
+from .errors import CheckpointMismatchError, ConfigError, UnsafeCheckpointError, WeightsNotFoundError
 
 __all__ = [
     "cache_dir",
@@ -104,6 +104,40 @@ def _not_found(what: str, cause: BaseException | None, *, hint: str | None = Non
     return WeightsNotFoundError(f"Could not find {what}.{offline}{detail} {fix}")
 
 
+def hub_timeout() -> float:
+    """Seconds a Hub request may wait for the server (to connect, or between two received chunks):
+    ``$ELQPROJ_HUB_TIMEOUT``, default 20 (huggingface_hub retries a few times on top)."""
+    value = os.environ.get("ELQPROJ_HUB_TIMEOUT", "20")
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ConfigError(f"ELQPROJ_HUB_TIMEOUT={value!r} is not a number of seconds") from None
+    if seconds <= 0:
+        raise ConfigError(f"ELQPROJ_HUB_TIMEOUT must be positive, got {value!r}")
+    return seconds
+
+
+def _bound_hub_requests() -> None:
+    """Bound every request of huggingface_hub's shared HTTP client by :func:`hub_timeout` where it has no
+    timeout of its own. huggingface_hub sends repository lookups with ``timeout=None`` (wait forever):
+    behind a proxy or firewall that swallows packets, ``snapshot_download`` hung the process. A request
+    hook fills in the missing limits; limits set by huggingface_hub or the application stay as they are."""
+    from huggingface_hub import get_session
+
+    hooks = get_session().event_hooks["request"]
+    if _fill_in_timeout not in hooks:
+        hooks.append(_fill_in_timeout)
+
+
+def _fill_in_timeout(request: Any) -> None:
+    limits = dict(request.extensions.get("timeout") or {})
+    seconds = hub_timeout()
+    for kind in ("connect", "read", "write", "pool"):
+        if limits.get(kind) is None:
+            limits[kind] = seconds
+    request.extensions["timeout"] = limits
+
+
 def resolve_dir(
     spec: WeightsSpec,
     *,
@@ -136,6 +170,8 @@ def resolve_dir(
         from huggingface_hub import snapshot_download
 
         try:
+            if not is_offline():
+                _bound_hub_requests()
             snap = snapshot_download(
                 repo_id,
                 revision=revision,
@@ -202,6 +238,9 @@ def resolve_file(
                 "or use the form 'org/name/path/to/file'."
             )
         from huggingface_hub import hf_hub_download
+
+        if not is_offline():
+            _bound_hub_requests()
 
         try:
             local = Path(

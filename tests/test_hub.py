@@ -191,3 +191,44 @@ def test_a_restorer_whose_weights_are_missing_offline_says_which_options_give_th
     message = str(info.value)
     assert "osediff.pkl" in message and "--backend-weights" in message and "--base-model" in message
     assert "stabilityai/stable-diffusion-2-1-base" in message
+
+
+def test_a_hub_that_never_answers_is_an_error_not_a_hang(monkeypatch):
+    """A server (or proxy) that accepts connections and never replies: huggingface_hub's own client waits
+    forever; with elqproj's bound the lookup fails with WeightsNotFoundError."""
+    import socket
+
+    import huggingface_hub.constants as constants
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted = []
+    threading.Thread(target=lambda: [accepted.append(listener.accept()) for _ in range(16)], daemon=True).start()
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("ELQPROJ_HUB_TIMEOUT", "0.5")
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{listener.getsockname()[1]}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # read by huggingface_hub at import
+    outcome = {}
+
+    def lookup():
+        try:
+            resolve_dir("org/never-answers")
+        except WeightsNotFoundError as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=lookup, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    listener.close()
+    assert not worker.is_alive(), "the Hub lookup hung"
+    assert "org/never-answers" in str(outcome["error"]) and "Timeout" in str(outcome["error"])
+
+
+def test_a_bad_hub_timeout_setting_is_a_config_error(monkeypatch):
+    from elqproj.errors import ConfigError
+    from elqproj.hub import hub_timeout
+
+    monkeypatch.setenv("ELQPROJ_HUB_TIMEOUT", "soon")
+    with pytest.raises(ConfigError, match="ELQPROJ_HUB_TIMEOUT"):
+        hub_timeout()
