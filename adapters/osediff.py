@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from elqproj import imageio
+from elqproj.adapter_sets import official_lora_config
 from elqproj.colorfix import ColorFix
 from elqproj.errors import CheckpointMismatchError, InvalidInputError
 from elqproj.hub import load_checkpoint, nested_entry, resolve_file
@@ -41,18 +42,7 @@ _UNET_LISTS = {
     "default_others": "unet_lora_others_modules",
 }
 _VAE_ADAPTER = "default_encoder"
-_LORA_ALPHA = 8  # not stored in osediff.pkl: the official loader relies on peft's default alpha (scaling 8/r)
 _TIMESTEP = 999
-
-
-def lora_config(rank: int, target_modules: Sequence[str] | str):
-    """peft LoraConfig as the official OSEDiff loader builds it (alpha 8, no dropout); ``target_modules``
-    is a list of module names (peft matches their suffixes) or one regular expression (full match)."""
-    from peft import LoraConfig
-
-    targets = target_modules if isinstance(target_modules, str) else sorted(set(target_modules))
-    return LoraConfig(r=int(rank), lora_alpha=_LORA_ALPHA, init_lora_weights="gaussian",
-                      target_modules=targets, lora_dropout=0.0)
 
 
 def _rename_adapter(key: str, official: str, full: str) -> str:
@@ -116,8 +106,8 @@ class OSEDiffRestorer(Restorer):
 
         set_name = f"osediff_random_{seed}"
         if not engine.has_adapter_set(set_name):
-            engine.add_adapter_set(set_name, unet={"default_encoder": lora_config(4, OSEDIFF_UNET_TARGETS)},
-                                   vae={_VAE_ADAPTER: lora_config(4, OSEDIFF_VAE_TARGETS)})
+            engine.add_adapter_set(set_name, unet={"default_encoder": official_lora_config(4, OSEDIFF_UNET_TARGETS)},
+                                   vae={_VAE_ADAPTER: official_lora_config(4, OSEDIFF_VAE_TARGETS)})
             generator = torch.Generator().manual_seed(seed)
             with torch.no_grad():
                 for param in engine.adapter_parameters(set_name):
@@ -321,8 +311,8 @@ def _check_osediff_checkpoint(ckpt: dict, path: Path) -> None:
 def _attach(engine: OneStepSD, set_name: str, ckpt: dict) -> None:
     """Create the OSEDiff adapter set on ``engine`` and load the checkpoint's tensors into it."""
     rank_unet, rank_vae = int(ckpt["rank_unet"]), int(ckpt["rank_vae"])
-    unet_cfgs = {official: lora_config(rank_unet, ckpt[key]) for official, key in _UNET_LISTS.items()}
-    vae_cfgs = {_VAE_ADAPTER: lora_config(rank_vae, ckpt["vae_lora_encoder_modules"])}
+    unet_cfgs = {official: official_lora_config(rank_unet, ckpt[key]) for official, key in _UNET_LISTS.items()}
+    vae_cfgs = {_VAE_ADAPTER: official_lora_config(rank_vae, ckpt["vae_lora_encoder_modules"])}
     try:
         engine.add_adapter_set(set_name, unet=unet_cfgs, vae=vae_cfgs)
     except ValueError as exc:  # peft: target modules not found in the base model

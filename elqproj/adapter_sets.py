@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import threading
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -26,11 +26,27 @@ from torch import nn
 
 from .errors import CheckpointMismatchError, ConfigError
 
-__all__ = ["AdapterSet", "AdapterSetMixin", "ADAPTER_COMPONENTS"]
+__all__ = ["AdapterSet", "AdapterSetMixin", "ADAPTER_COMPONENTS", "official_lora_config"]
 
 #: The engine components that carry adapters (attribute names on the engine).
 ADAPTER_COMPONENTS = ("unet", "vae")
 _STALE: Any = object()  # an "active set" no name equals: forces activate() to re-apply the state
+
+
+#: LoRA alpha of the official OSEDiff and S3Diff checkpoints: not stored in them, their loaders rely on
+#: peft's default (scaling alpha / rank).
+OFFICIAL_LORA_ALPHA = 8
+
+
+def official_lora_config(rank: int, target_modules: Sequence[str] | str):
+    """peft ``LoraConfig`` as the official OSEDiff and S3Diff loaders build it (alpha 8, Gaussian init, no
+    dropout); ``target_modules`` is a list of module names (peft matches their suffixes) or one regular
+    expression (full match)."""
+    from peft import LoraConfig
+
+    targets = target_modules if isinstance(target_modules, str) else sorted(set(target_modules))
+    return LoraConfig(r=int(rank), lora_alpha=OFFICIAL_LORA_ALPHA, init_lora_weights="gaussian",
+                      target_modules=targets, lora_dropout=0.0)
 
 
 def _adapter_token(text: str) -> str:
