@@ -158,7 +158,10 @@ def run_selftest(device: str | torch.device | None = None, dtype: torch.dtype | 
 
     for name in list_restorers():
         def restore(name: str = name) -> str:
-            restorer = get_restorer_class(name).tiny_random(engine)
+            restorer_class = get_restorer_class(name)
+            if not restorer_class.capabilities.supports_dtype(dt):
+                raise NotImplementedError(f"the {name} restorer declares that it does not run in {dt}")
+            restorer = restorer_class.tiny_random(engine)
             pipe = RestorationPipeline(restorer, projector=projector)
             result = pipe(image, prompt="a photo", seed=0, process_size=0, progress=False,
                           restorer_options={"steps": 2} if restorer.capabilities.steps > 1 else None)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 
-import pytest
 
 from elqproj.adapters.base import RESTORERS, list_restorers, register_restorer
 from elqproj.cli import main
@@ -21,7 +21,7 @@ def test_selftest_passes_on_the_cpu_without_downloading_or_writing_anything():
     assert [n for n in names if n.startswith("g: ")] == [f"g: {name}" for name in list_restorers()]
     assert {"f: tiled", "degradations: realesrgan", "degradations: elq"} <= set(names)
     assert [c.name for c in checks if c.status == "fail"] == []
-    assert next(c for c in checks if c.name == "g: osediff").status == "pass"
+    assert all(c.status == "pass" for c in checks if c.name in ("g: osediff", "g: s3diff", "g: seesr"))
     assert list(Path(os.environ["ELQPROJ_CACHE"]).rglob("*")) == []
 
 
@@ -60,7 +60,19 @@ def test_a_dtype_the_cpu_cannot_run_is_a_clear_error(capsys):
     assert "bf16" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("dtype", ["bf16"])
-def test_selftest_runs_in_bfloat16_on_the_cpu(dtype):
-    checks = run_selftest("cpu", dtype)
+class _NoBFloat16(IdentityRestorer):
+    name = "no-bf16"
+    capabilities = dataclasses.replace(IdentityRestorer.capabilities, supports_bf16=False)
+
+    @classmethod
+    def tiny_random(cls, engine, *, seed=0):
+        raise AssertionError("a restorer that declares it cannot run bf16 must not be run in bf16")
+
+
+def test_selftest_runs_in_bfloat16_and_skips_a_restorer_that_declares_it_cannot():
+    with RESTORERS.isolated():
+        register_restorer("no-bf16", _NoBFloat16)
+        checks = run_selftest("cpu", "bf16")
     assert [c.name for c in checks if c.status == "fail"] == []
+    (skipped,) = [c for c in checks if c.status == "skip"]
+    assert skipped.name == "g: no-bf16" and "does not run in torch.bfloat16" in skipped.detail

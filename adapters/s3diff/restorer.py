@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from elqproj import imageio
+from elqproj.adapter_sets import official_lora_config
 from elqproj.colorfix import ColorFix
 from elqproj.errors import CheckpointMismatchError, InvalidInputError
 from elqproj.hub import load_checkpoint, resolve_file
@@ -41,6 +42,8 @@ from .. import official_edge
 from ..base import Restorer, RestorerCapabilities
 from .degradation_estimator import DegradationEstimator
 from .modulation import (
+    UNET_BLOCKS,
+    VAE_BLOCKS,
     DegradationModulation,
     DegradationModulator,
     LoRAModulation,
@@ -77,7 +80,6 @@ GUIDANCE_SCALE = 1.07
 
 _TIMESTEP = 999
 _PAD_MULTIPLE = 64  # the official script reflect-pads the upscaled input to a multiple of 64
-_LORA_ALPHA = 8  # not stored in s3diff.pkl: the official code relies on peft's default alpha (scaling 8/r)
 _UNET_ADAPTER = "default"  # official peft adapter names inside s3diff.pkl
 _VAE_ADAPTER = "vae_skip"
 _REQUIRED_KEYS = (
@@ -91,15 +93,6 @@ _REQUIRED_KEYS = (
 _MODULATIONS: weakref.WeakKeyDictionary[OneStepSD, dict[str, tuple[LoRAModulation, LoRAModulation]]] = (
     weakref.WeakKeyDictionary()
 )
-
-
-def lora_config(rank: int, target_modules: Any):
-    """peft LoraConfig as the official S3Diff loader builds it (alpha 8, no dropout)."""
-    from peft import LoraConfig
-
-    targets = target_modules if isinstance(target_modules, str) else sorted(set(target_modules))
-    return LoraConfig(r=int(rank), lora_alpha=_LORA_ALPHA, init_lora_weights="gaussian",
-                      target_modules=targets, lora_dropout=0.0)
 
 
 class S3DiffRestorer(Restorer):
@@ -157,6 +150,37 @@ class S3DiffRestorer(Restorer):
         return all(key in checkpoint for key in _REQUIRED_KEYS)
 
     # ------------------------------------------------------------------ loading
+    @classmethod
+    def tiny_random(cls, engine: OneStepSD, *, seed: int = 0) -> S3DiffRestorer:
+        """S3Diff's architecture at tiny widths with random weights on ``engine``, for ``elqproj selftest``:
+        rank-4 modulated LoRA on the official targets (OSEDiff's module names; S3Diff's lists are the
+        same kinds of layers), its own ``conv_in``, a small modulator and degradation estimator."""
+        from elqproj.projector import OSEDIFF_UNET_TARGETS, OSEDIFF_VAE_TARGETS
+
+        rank, set_name = 4, f"s3diff_random_{seed}"
+        sets = _MODULATIONS.setdefault(engine, {})
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            modulator = DegradationModulator(rank, rank, num_frequencies=8, de_dim=16, block_dim=8)
+            modulator.w.normal_()
+            estimator = DegradationEstimator(stage_channels=(8, 8, 8, 16), blocks_per_stage=(1, 1, 1, 1))
+        if set_name not in sets:
+            engine.add_adapter_set(set_name, unet={_UNET_ADAPTER: official_lora_config(rank, OSEDIFF_UNET_TARGETS)},
+                                   vae={_VAE_ADAPTER: official_lora_config(rank, OSEDIFF_VAE_TARGETS)}, mergeable=False)
+            generator = torch.Generator().manual_seed(seed)
+            with torch.no_grad():
+                for param in engine.adapter_parameters(set_name):
+                    param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
+            conv_in = engine.base_value("unet", "conv_in.weight").float().cpu()
+            engine.set_override(set_name, "unet", "conv_in.weight",
+                                conv_in + torch.randn(conv_in.shape, generator=generator) * 0.02)
+            unet_name, vae_name = (engine.adapter_name(set_name, a) for a in (_UNET_ADAPTER, _VAE_ADAPTER))
+            sets[set_name] = (LoRAModulation(engine.unet, unet_name, lambda name: unet_block_index(name, UNET_BLOCKS)),
+                              LoRAModulation(engine.vae, vae_name, lambda name: vae_block_index(name, VAE_BLOCKS)))
+        return cls(engine, set_name, modulator=modulator.eval().to(engine.device),
+                   degradation_estimator=estimator.eval().to(engine.device, engine.dtype), modulation=sets[set_name],
+                   weights="random (selftest)")
+
     @classmethod
     def from_pretrained(
         cls,
@@ -405,8 +429,8 @@ def _attach(engine: OneStepSD, set_name: str, ckpt: dict) -> tuple[LoRAModulatio
     try:
         engine.add_adapter_set(
             set_name,
-            unet={_UNET_ADAPTER: lora_config(ckpt["rank_unet"], ckpt["unet_lora_target_modules"])},
-            vae={_VAE_ADAPTER: lora_config(ckpt["rank_vae"], ckpt["vae_lora_target_modules"])},
+            unet={_UNET_ADAPTER: official_lora_config(ckpt["rank_unet"], ckpt["unet_lora_target_modules"])},
+            vae={_VAE_ADAPTER: official_lora_config(ckpt["rank_vae"], ckpt["vae_lora_target_modules"])},
             mergeable=False,
         )
     except ValueError as exc:  # peft: target modules not found in the base model

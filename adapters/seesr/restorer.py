@@ -35,7 +35,7 @@ from elqproj.errors import CheckpointMismatchError, InvalidInputError, WeightsNo
 from elqproj.hub import WeightsSpec, resolve_dir
 from elqproj.devices import check_finite, resolve_device_dtype
 from elqproj.onestep import sd_base_files
-from elqproj.prompts.base import PromptExtractor, load_prompt_extractor
+from elqproj.prompts.base import PromptExtractor, PromptResult, load_prompt_extractor
 from elqproj.text_encoding import PromptEncoder
 from elqproj.value_range import signed_to_unit, unit_to_signed
 
@@ -173,6 +173,29 @@ class SeeSRRestorer(Restorer):
                                  min_side=vae_factor * 2 ** (len(unet.config.block_out_channels) - 1))
 
     # ------------------------------------------------------------------ loading
+    @classmethod
+    def tiny_random(cls, engine: Any, *, seed: int = 0) -> SeeSRRestorer:
+        """SeeSR's UNet and ControlNet (with their image cross-attention) at the widths of ``engine``'s tiny
+        UNet, random weights, on ``engine``'s VAE, text encoder and schedule; a stand-in for DAPE gives
+        fixed tags and seeded random image features. For ``elqproj selftest``."""
+        from diffusers import DDPMScheduler
+
+        unet_config = {k: v for k, v in engine.unet.config.items() if not k.startswith("_")}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            unet = SeeSRUNet2DConditionModel.from_config({**unet_config, "use_image_cross_attention": True})
+            controlnet = SeeSRControlNetModel(
+                in_channels=unet_config["in_channels"], down_block_types=unet_config["down_block_types"],
+                block_out_channels=unet_config["block_out_channels"], layers_per_block=unet_config["layers_per_block"],
+                attention_head_dim=unet_config["attention_head_dim"],
+                cross_attention_dim=unet_config["cross_attention_dim"],
+                use_linear_projection=unet_config["use_linear_projection"],
+                norm_num_groups=unet_config["norm_num_groups"], use_image_cross_attention=True)
+        scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+        restorer = cls(unet, controlnet, engine.vae, engine.text_encoder, engine.tokenizer, scheduler,
+                       prompt_extractor=_RandomFeatures(seed))
+        return restorer.to(engine.device, engine.dtype)
+
     @classmethod
     def from_pretrained(
         cls,
@@ -538,3 +561,19 @@ def _resolve_extractor(spec: str | PromptExtractor | None, weights: Any, options
     raise InvalidInputError(
         f"prompt_extractor must be a registered name such as 'dape', a PromptExtractor or None, got {spec!r}."
     )
+
+
+class _RandomFeatures(PromptExtractor):
+    """A stand-in for DAPE in :meth:`SeeSRRestorer.tiny_random`: the tags "a photo" and seeded random image
+    features ``(B, 145, 512)`` (what DAPE gives SeeSR), float32 on the images' device."""
+
+    name = "random-features"
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def extract(self, images: Any) -> PromptResult:
+        batch = images.shape[0] if isinstance(images, torch.Tensor) and images.ndim == 4 else len(images)
+        device = images.device if isinstance(images, torch.Tensor) else None
+        features = torch.randn(batch, 145, IMAGE_CROSS_ATTENTION_DIM, generator=torch.Generator().manual_seed(self.seed))
+        return PromptResult(texts=["a photo"] * batch, image_features=features.to(device))
