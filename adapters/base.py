@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from elqproj.devices import resolve_dtype
+from elqproj.devices import check_seed, resolve_dtype
 from elqproj.errors import ConfigError, InvalidInputError, WeightsNotFoundError
 from elqproj.registry import Registry, RegistryEntry
 
@@ -201,6 +201,7 @@ class Restorer(torch.nn.Module, abc.ABC):
             InvalidInputError: ``lq`` is not such a batch, or ``prompts`` / ``image_features`` do not fit it.
             ConfigError: ``tiling`` or ``image_features`` given to a restorer that declares it cannot use them.
         """
+        check_seed(seed)
         caps = self.capabilities
         if not isinstance(lq, torch.Tensor) or lq.ndim != 4 or lq.shape[1] != 3 or not lq.is_floating_point():
             got = f"{lq.dtype} {tuple(lq.shape)}" if isinstance(lq, torch.Tensor) else type(lq).__name__

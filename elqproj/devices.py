@@ -1,12 +1,14 @@
-"""Device and dtype arguments: one place that turns what users pass into torch objects (no heavy imports)."""
+"""Device, dtype and seed arguments: one place that turns what users pass into torch objects (no heavy imports)."""
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
-from .errors import DeviceError, NumericalError
+from .errors import DeviceError, InvalidInputError, NumericalError
 
-__all__ = ["resolve_device_dtype", "resolve_dtype", "synchronize", "check_finite"]
+__all__ = ["resolve_device_dtype", "resolve_dtype", "synchronize", "check_finite", "check_seed"]
 
 _DTYPE_NAMES = {
     "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
@@ -69,3 +71,13 @@ def check_finite(x: torch.Tensor, *, what: str, dtype: torch.dtype) -> torch.Ten
     else:
         hint = "check the weights (a diverged or corrupted checkpoint gives NaN) and the input"
     raise NumericalError(f"{what} produced {bad} NaN or infinite values in {dtype}; {hint}.")
+
+
+def check_seed(seed: object) -> int | None:
+    """A user's ``seed=``: ``None`` (fresh randomness) or an integer in [0, 2**64), what torch's generators
+    take; anything else (a bool, a float, 2**70, -1) is an :class:`InvalidInputError` naming the range."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
+        raise InvalidInputError(f"seed must be None or an integer from 0 to 2**64 - 1, got {seed!r}.")
+    return int(seed)

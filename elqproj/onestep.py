@@ -33,7 +33,7 @@ from torch import nn
 from . import tiling as tiling_mod
 from .adapter_sets import AdapterSetMixin
 from .errors import CheckpointMismatchError, InvalidInputError
-from .devices import check_finite, resolve_device_dtype
+from .devices import check_finite, check_seed, resolve_device_dtype
 from .hub import WeightsSpec, resolve_dir
 from .schedule import x0_from_epsilon
 from .text_encoding import LongPromptMode, PromptEncoder
@@ -230,10 +230,11 @@ class OneStepSD(AdapterSetMixin, nn.Module):
         ``torch.manual_seed(N)``)."""
         if generator is None:
             generator = torch.Generator("cpu")
+            seed = check_seed(seed)
             if seed is None:
                 generator.seed()
             else:
-                generator.manual_seed(int(seed))
+                generator.manual_seed(seed)
         return torch.randn(tuple(shape), generator=generator, dtype=torch.float32, device=generator.device)
 
     @property

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, imageio
 from .colorfix import apply_color_fix
-from .devices import synchronize
+from .devices import check_seed, synchronize
 from .errors import ConfigError, InvalidInputError, WeightsNotFoundError
 from .prompts.base import PromptResult
 from .validation import ConfigModel
@@ -385,6 +385,9 @@ class RestorationPipeline:
             )
         if not isinstance(upscale, int) or isinstance(upscale, bool) or upscale < 1:
             raise InvalidInputError(f"upscale must be a positive integer, got {upscale!r}.")
+        if not isinstance(process_size, int) or isinstance(process_size, bool) or process_size < 0:
+            raise InvalidInputError(f"process_size must be a pixel count >= 0 (0: no enlargement), got {process_size!r}.")
+        check_seed(seed)
         start = time.perf_counter()
 
         x, meta = imageio.to_tensor(image)

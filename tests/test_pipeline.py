@@ -304,3 +304,20 @@ def test_tiling_a_pipeline_leaves_the_shared_engine_as_it_was(pipeline):
     assert engine.tiling is before
     b = pipeline(_elq(), prompt="dog", seed=0, process_size=0).image
     assert not torch.equal(a, b)  # the tiles were used in the tiled pipeline's call only
+
+
+@pytest.mark.parametrize("seed", [True, -1, 2**70, 1.5, "7"])
+def test_a_seed_torch_cannot_take_is_refused_by_name(pipeline, seed):
+    with pytest.raises(InvalidInputError, match="seed must be None or an integer from 0 to 2\\*\\*64 - 1"):
+        pipeline(_elq(), prompt="", seed=seed, process_size=0)
+
+
+@pytest.mark.parametrize("process_size", [-5, "big", 1.5, True])
+def test_a_bad_process_size_is_refused(pipeline, process_size):
+    with pytest.raises(InvalidInputError, match="process_size must be a pixel count"):
+        pipeline(_elq(), prompt="", process_size=process_size)
+
+
+def test_the_restorer_core_refuses_a_bad_seed_too(pipeline):
+    with pytest.raises(InvalidInputError, match="seed must be"):
+        pipeline.restorer.restore_batch(torch.zeros(1, 3, 64, 64), seed=2**70)
