@@ -348,6 +348,16 @@ def load_checkpoint(path: WeightsSpec, *, map_location: str | torch.device = "cp
                 tensors[key] = value
         return tensors
     try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise CheckpointMismatchError(f"{path} cannot be read: {exc}") from exc
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch's zip format, or a bare pickle
+        raise CheckpointMismatchError(
+            f"{path} is not a PyTorch checkpoint or safetensors file (it starts with {head!r}); pass the weights "
+            "file itself (.pth, .pkl, .pt, .bin, .ckpt or .safetensors)."
+        )
+    try:
         try:  # memory-map zip-format checkpoints: a 5 GB RAM file is then not read into memory at once
             obj = torch.load(str(path), map_location=map_location, weights_only=True, mmap=True)
         except RuntimeError as exc:

@@ -232,3 +232,10 @@ def test_a_bad_hub_timeout_setting_is_a_config_error(monkeypatch):
     monkeypatch.setenv("ELQPROJ_HUB_TIMEOUT", "soon")
     with pytest.raises(ConfigError, match="ELQPROJ_HUB_TIMEOUT"):
         hub_timeout()
+
+
+def test_a_file_that_is_no_checkpoint_at_all_is_called_that_not_unsafe(tmp_path):
+    png = tmp_path / "photo.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    with pytest.raises(CheckpointMismatchError, match=r"photo.png is not a PyTorch checkpoint or safetensors file"):
+        load_checkpoint(png)

@@ -20,6 +20,7 @@ from elqproj.imageio import (
     check_image_tensor,
     check_processing_size,
     crop_padding,
+    expand_image_paths,
     from_tensor,
     load_image,
     pad_to_multiple,
@@ -632,3 +633,9 @@ def test_failed_16_bit_save_leaves_no_partial_file(tmp_path):
 def test_save_rejects_a_float_array_with_the_conversion_to_use(tmp_path):
     with pytest.raises(InvalidInputError, match=r"float32 .*astype\(np.uint8\)"):
         save_image(np.zeros((2, 2, 3), dtype=np.float32), tmp_path / "out.png")
+
+
+def test_a_folder_without_images_is_an_error_not_an_empty_run(tmp_path):
+    (tmp_path / "notes.txt").write_text("no images here")
+    with pytest.raises(InvalidInputError, match="No image found in the folder"):
+        expand_image_paths([str(tmp_path)])

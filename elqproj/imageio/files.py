@@ -113,7 +113,12 @@ def expand_image_paths(items: Sequence[str | os.PathLike]) -> list[Path]:
         path = Path(item)
         item = os.fspath(item)
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not images:
+                raise InvalidInputError(
+                    f"No image found in the folder {item!r} (looked for {', '.join(sorted(IMAGE_SUFFIXES))} files)."
+                )
+            found += images
         elif path.is_file():
             found.append(path)
         else:
