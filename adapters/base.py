@@ -217,11 +217,7 @@ class Restorer(torch.nn.Module, abc.ABC):
                 f"The {self.name} restorer needs H and W of at least {caps.min_side} px, got {height}x{width}: "
                 "enlarge the image first."
             )
-        unknown = set(options) - set(inspect.signature(self._restore_batch).parameters)
-        if unknown:
-            raise InvalidInputError(
-                f"Unknown options for the {self.name} restorer: {sorted(unknown)}. See help({type(self).__name__}.restore)."
-            )
+        self.check_options(options)
         if lq.device != self.device or lq.dtype != self.dtype:
             raise InvalidInputError(
                 f"restore_batch takes the batch on the restorer's device and dtype ({self.device}, {self.dtype}), "
@@ -236,6 +232,19 @@ class Restorer(torch.nn.Module, abc.ABC):
         return self._restore_batch(lq, prompts=None if prompts is None else list(prompts),
                                    image_features=image_features, seed=seed, tiling=tiling, progress=progress,
                                    **options)
+
+    def check_options(self, options: Any) -> None:
+        """Refuse sampling option names :meth:`restore_batch` would not take (before any work is done: a
+        pipeline checks them before f runs).
+
+        Raises:
+            InvalidInputError: naming the unknown options and where the known ones are documented.
+        """
+        unknown = set(options) - set(inspect.signature(self._restore_batch).parameters)
+        if unknown:
+            raise InvalidInputError(
+                f"Unknown options for the {self.name} restorer: {sorted(unknown)}. See help({type(self).__name__}.restore)."
+            )
 
     @abc.abstractmethod
     def _restore_batch(self, lq: torch.Tensor, *, prompts: list[str] | None, image_features: torch.Tensor | None,

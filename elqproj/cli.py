@@ -118,6 +118,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     restorer_options = dict(args.restore_option or [])
     if args.color_fix:
         restorer_options["color_fix"] = args.color_fix
+    pipeline.check_restorer_options(restorer_options)  # a wrong option stops here, not at every file
     failures = _Failures()
     sources = {src.resolve() for src in inputs}
     for src, dst in tqdm(todo, desc="restore", unit="img", disable=args.quiet):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .errors import InvalidInputError
 
-__all__ = ["ColorFix", "apply_color_fix", "adain_raw", "wavelet_raw"]
+__all__ = ["ColorFix", "apply_color_fix", "check_color_fix", "adain_raw", "wavelet_raw"]
 
 ColorFix = Literal["adain", "wavelet", "none"]
 
@@ -67,6 +67,12 @@ def wavelet_raw(target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     return high + low
 
 
+def check_color_fix(method: object) -> None:
+    """Refuse a colour-fix name :func:`apply_color_fix` does not know (InvalidInputError listing them)."""
+    if method not in ("adain", "wavelet", "none", "nofix", None):
+        raise InvalidInputError(f"Unknown color_fix {method!r}; use 'adain', 'wavelet' or 'none'.")
+
+
 def apply_color_fix(target: torch.Tensor, source: torch.Tensor, method: ColorFix | str) -> torch.Tensor:
     """Apply ``method`` ("adain", "wavelet" or "none") and clamp to [0, 1].
 
@@ -74,6 +80,7 @@ def apply_color_fix(target: torch.Tensor, source: torch.Tensor, method: ColorFix
         target: restored image ``(B, 3, H, W)`` in [0, 1].
         source: LQ image resized to the same shape, in [0, 1].
     """
+    check_color_fix(method)
     if method in ("none", "nofix", None):
         return target
     if target.shape != source.shape:
@@ -83,6 +90,4 @@ def apply_color_fix(target: torch.Tensor, source: torch.Tensor, method: ColorFix
         )
     if method == "adain":
         return adain_raw(target, source).clamp(0, 1)
-    if method == "wavelet":
-        return wavelet_raw(target, source).clamp(0, 1)
-    raise InvalidInputError(f"Unknown color_fix {method!r}; use 'adain', 'wavelet' or 'none'.")
+    return wavelet_raw(target, source).clamp(0, 1)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import __version__, imageio
-from .colorfix import apply_color_fix
+from .colorfix import apply_color_fix, check_color_fix
 from .devices import check_seed, synchronize
 from .errors import ConfigError, InvalidInputError, WeightsNotFoundError
 from .prompts.base import PromptResult
@@ -388,6 +388,7 @@ class RestorationPipeline:
         if not isinstance(process_size, int) or isinstance(process_size, bool) or process_size < 0:
             raise InvalidInputError(f"process_size must be a pixel count >= 0 (0: no enlargement), got {process_size!r}.")
         check_seed(seed)
+        self.check_restorer_options(restorer_options)
         start = time.perf_counter()
 
         x, meta = imageio.to_tensor(image)
@@ -471,12 +472,14 @@ class RestorationPipeline:
         out = self.projector(elq, embeds, latent=latent, tiling=self.tiling)
         return signed_to_unit(out.image.float())
 
-    def _restore(self, lq: torch.Tensor, prompt: PromptResult, *, seed: int | None, progress: bool,
-                 options: dict[str, Any]) -> torch.Tensor:
-        """g on the LQ proxy ``lq`` (B,3,H,W) in [0,1] (H, W multiples of 8): padded to g's size multiple and minimum side,
-        in g's value range, device and dtype, through its tensor core; then cropped and colour-fixed
-        towards ``lq`` (``options["color_fix"]``, default g's official one). Returns (B,3,H,W) in [0,1]."""
-        caps = self.restorer.capabilities
+    def check_restorer_options(self, options: dict[str, Any] | None) -> None:
+        """Refuse ``restorer_options`` before any work: the pipeline's own settings (prompt, seed, tiling, …)
+        and names g does not take; ``color_fix`` must be a known colour fix.
+
+        Raises:
+            InvalidInputError: naming the offending options and where they belong.
+        """
+        options = dict(options or {})
         own = sorted(set(options) & {"prompt", "prompts", "image_features", "seed", "tiling", "progress", "upscale",
                                      "process_size"})
         if own:
@@ -484,6 +487,16 @@ class RestorationPipeline:
                 f"restorer_options {own} are the pipeline's own settings: pass them to the pipeline call "
                 "(prompt=, seed=, progress=, upscale=, process_size=) or configure_tiling()."
             )
+        if "color_fix" in options:
+            check_color_fix(options.pop("color_fix"))
+        self.restorer.check_options(options)
+
+    def _restore(self, lq: torch.Tensor, prompt: PromptResult, *, seed: int | None, progress: bool,
+                 options: dict[str, Any]) -> torch.Tensor:
+        """g on the LQ proxy ``lq`` (B,3,H,W) in [0,1] (H, W multiples of 8): padded to g's size multiple and minimum side,
+        in g's value range, device and dtype, through its tensor core; then cropped and colour-fixed
+        towards ``lq`` (``options["color_fix"]``, default g's official one). Returns (B,3,H,W) in [0,1]."""
+        caps = self.restorer.capabilities
         color_fix = options.pop("color_fix", caps.color_fix)
         padded, pad = imageio.pad_to_multiple(lq, caps.size_multiple, mode=caps.pad_mode, min_side=caps.min_side)
         x = padded if caps.value_range == "unit" else unit_to_signed(padded)

@@ -319,3 +319,13 @@ def test_restore_shows_the_running_stage_unless_quiet(tmp_path, projector_dir, c
     assert main(args + (["-q"] if quiet else [])) == 0
     err = capsys.readouterr().err
     assert all((stage in err) != quiet for stage in ("prompt", "project", "restore"))
+
+
+def test_an_option_the_restorer_lacks_stops_the_run_once_before_any_file(tmp_path, projector_dir, capsys):
+    _write(tmp_path / "in" / "a.png")
+    _write(tmp_path / "in" / "b.png", seed=1)
+    code = main(["restore", str(tmp_path / "in"), "-o", str(tmp_path / "out"), *_common(projector_dir),
+                 "--restore-option", "steps=3"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("Unknown options for the osediff restorer: ['steps']") == 1
+    assert not (tmp_path / "out").exists()

@@ -321,3 +321,18 @@ def test_a_bad_process_size_is_refused(pipeline, process_size):
 def test_the_restorer_core_refuses_a_bad_seed_too(pipeline):
     with pytest.raises(InvalidInputError, match="seed must be"):
         pipeline.restorer.restore_batch(torch.zeros(1, 3, 64, 64), seed=2**70)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"stepz": 3}, r"Unknown options for the osediff restorer: \['stepz'\]"),
+    ({"seed": 3}, r"restorer_options \['seed'\] are the pipeline's own settings"),
+    ({"color_fix": "sepia"}, "Unknown color_fix 'sepia'"),
+])
+def test_bad_restorer_options_are_refused_before_f_runs(pipeline, options, message):
+    counts, hook = _count_projector_encodes(pipeline)
+    try:
+        with pytest.raises(InvalidInputError, match=message):
+            pipeline(_elq(), prompt="", process_size=0, restorer_options=options)
+    finally:
+        hook.remove()
+    assert counts == []  # f never encoded the image
