@@ -18,18 +18,23 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Literal
+from functools import cache
+from typing import TYPE_CHECKING, Any, Literal
 
 import pydantic
 import torch
-from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-from diffusers.models.resnet import ResnetBlock2D
-from diffusers.models.unets.unet_2d_blocks import DownEncoderBlock2D, UNetMidBlock2D, UpDecoderBlock2D
 from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, InvalidInputError
 from .validation import ConfigModel
+
+if TYPE_CHECKING:
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+    from diffusers.models.resnet import ResnetBlock2D
+    from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2D
+
+    LatentPosterior = DiagonalGaussianDistribution  # at run time a subclass of it, built on first use
 
 __all__ = [
     "TilingConfig",
@@ -213,25 +218,40 @@ def tiled_latent_apply(
 # VAE posterior
 
 
-class LatentPosterior(DiagonalGaussianDistribution):
-    """diffusers' diagonal Gaussian posterior (``.mean``, ``.std``, ``.var``, ``.logvar``, ``.mode()``,
-    ``.kl()``) whose ``sample`` also takes an explicit standard-normal ``noise`` tensor.
+@cache
+def _latent_posterior_class() -> type:
+    # Built on first use, not at import: diffusers takes seconds to import, and listing or configuring
+    # models (elqproj info, TilingConfig) must not pay for it. ``elqproj.tiling.LatentPosterior`` is this class.
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-    ``sample(noise=n)`` is ``mean + std * n``, exactly what ``sample(generator)`` computes with the
-    draw ``n``; injecting the noise makes encodes reproducible across devices and lets parity tests
-    feed the official run's draw.
-    """
+    class LatentPosterior(DiagonalGaussianDistribution):
+        """diffusers' diagonal Gaussian posterior (``.mean``, ``.std``, ``.var``, ``.logvar``, ``.mode()``,
+        ``.kl()``) whose ``sample`` also takes an explicit standard-normal ``noise`` tensor.
 
-    def sample(self, generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
-        if noise is None:
-            return super().sample(generator)
-        if generator is not None:
-            raise InvalidInputError("pass either generator= or noise= to LatentPosterior.sample, not both")
-        if tuple(noise.shape) != tuple(self.mean.shape):
-            raise InvalidInputError(
-                f"posterior noise must have the latent's shape {tuple(self.mean.shape)}, got {tuple(noise.shape)}"
-            )
-        return self.mean + self.std * noise.to(device=self.mean.device, dtype=self.mean.dtype)
+        ``sample(noise=n)`` is ``mean + std * n``, exactly what ``sample(generator)`` computes with the
+        draw ``n``; injecting the noise makes encodes reproducible across devices and lets parity tests
+        feed the official run's draw.
+        """
+
+        def sample(self, generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+            if noise is None:
+                return super().sample(generator)
+            if generator is not None:
+                raise InvalidInputError("pass either generator= or noise= to LatentPosterior.sample, not both")
+            if tuple(noise.shape) != tuple(self.mean.shape):
+                raise InvalidInputError(
+                    f"posterior noise must have the latent's shape {tuple(self.mean.shape)}, got {tuple(noise.shape)}"
+                )
+            return self.mean + self.std * noise.to(device=self.mean.device, dtype=self.mean.dtype)
+
+    LatentPosterior.__module__, LatentPosterior.__qualname__ = __name__, "LatentPosterior"
+    return LatentPosterior
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: the posterior class is created on first access
+    if name == "LatentPosterior":
+        return _latent_posterior_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def vae_scale_factor(vae: nn.Module) -> int:
@@ -239,7 +259,7 @@ def vae_scale_factor(vae: nn.Module) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
-def vae_encode(vae: nn.Module, x: torch.Tensor, config: TilingConfig) -> LatentPosterior:
+def vae_encode(vae: nn.Module, x: torch.Tensor, config: TilingConfig) -> DiagonalGaussianDistribution:
     """Encode images to the VAE posterior, tiled when ``config`` says so.
 
     Args:
@@ -249,7 +269,7 @@ def vae_encode(vae: nn.Module, x: torch.Tensor, config: TilingConfig) -> LatentP
         config: tiling settings.
 
     Returns:
-        The posterior over the unscaled latent ``(B, 4, H/8, W/8)`` (multiply a sample by
+        The posterior (a ``LatentPosterior``) over the unscaled latent ``(B, 4, H/8, W/8)`` (multiply a sample by
         ``vae.config.scaling_factor`` for the UNet). Untiled, it is exactly
         ``vae.encode(x).latent_dist``.
     """
@@ -267,8 +287,8 @@ def vae_encode(vae: nn.Module, x: torch.Tensor, config: TilingConfig) -> LatentP
             moments = _run_tiled(_encoder_steps(vae.encoder), grid, x, offload=config.vae_offload)
             if vae.quant_conv is not None:
                 moments = vae.quant_conv(moments)
-            return LatentPosterior(moments)
-    return LatentPosterior(vae.encode(x).latent_dist.parameters)
+            return _latent_posterior_class()(moments)
+    return _latent_posterior_class()(vae.encode(x).latent_dist.parameters)
 
 
 def vae_decode(vae: nn.Module, z: torch.Tensor, config: TilingConfig) -> torch.Tensor:
@@ -395,6 +415,9 @@ def _decoder_steps(decoder: nn.Module) -> list[_Step]:
 
 def _check_tileable(coder: nn.Module, name: str) -> None:
     """The step lists re-trace the forward of diffusers' standard VAE blocks; refuse anything else."""
+    from diffusers.models.resnet import ResnetBlock2D
+    from diffusers.models.unets.unet_2d_blocks import DownEncoderBlock2D, UNetMidBlock2D, UpDecoderBlock2D
+
     blocks = list(getattr(coder, "down_blocks", ())) + list(getattr(coder, "up_blocks", ()))
     resnets = [r for block in blocks for r in getattr(block, "resnets", ())] + list(coder.mid_block.resnets)
     supported = (

@@ -6,11 +6,20 @@ Modules: :mod:`.image_attention` (the RAM image cross-attention added to diffuse
 :class:`~elqproj.adapters.base.Restorer` interface).
 """
 
+from typing import Any
+
 from . import restorer
-from .models import SeeSRControlNetModel, SeeSRUNet2DConditionModel
 # The restorer's __all__: SeeSRRestorer, the official defaults and the official preprocessing.
 from .restorer import *  # noqa: F401, F403
 from .sampler import SEESR_TILING, SeeSRConditioning, SeeSRStep, denoise, guided_noise, predict_noise
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: the diffusers-based models import on first use (seconds)
+    if name in ("SeeSRUNet2DConditionModel", "SeeSRControlNetModel"):
+        from . import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     *restorer.__all__,

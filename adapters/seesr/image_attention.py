@@ -21,14 +21,15 @@ import contextvars
 import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers.models.modeling_outputs import Transformer2DModelOutput
-from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from torch import nn
 
 from elqproj.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
 __all__ = [
     "IMAGE_CROSS_ATTENTION_DIM",
@@ -108,10 +109,14 @@ class _ImageAttentionHook:
         )[0]
         if isinstance(output, tuple):
             return (hidden, *output[1:])
+        from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
         return Transformer2DModelOutput(sample=hidden)
 
 
 def _image_twin(text_transformer: Transformer2DModel) -> Transformer2DModel:
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
     config = {k: v for k, v in text_transformer.config.items() if not k.startswith("_")}
     config["cross_attention_dim"] = IMAGE_CROSS_ATTENTION_DIM
     return Transformer2DModel.from_config(config)

@@ -20,11 +20,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDPMScheduler
 from PIL import Image
 from torch import nn
 
@@ -42,9 +41,12 @@ from elqproj.value_range import signed_to_unit, unit_to_signed
 from .. import official_edge
 from ..base import Restorer, RestorerCapabilities
 from .image_attention import IMAGE_CROSS_ATTENTION_DIM
-from .loading import load_seesr_controlnet, load_seesr_unet
-from .models import SeeSRControlNetModel, SeeSRUNet2DConditionModel
 from .sampler import SEESR_TILING, SeeSRConditioning, SeeSRStep, StartPoint, denoise
+
+if TYPE_CHECKING:  # diffusers (seconds to import) and the models load with the weights, not with this module
+    from diffusers import AutoencoderKL, DDPMScheduler
+
+    from .models import SeeSRControlNetModel, SeeSRUNet2DConditionModel
 
 __all__ = [
     "SeeSRRestorer",
@@ -180,6 +182,8 @@ class SeeSRRestorer(Restorer):
         fixed tags and seeded random image features. For ``elqproj selftest``."""
         from diffusers import DDPMScheduler
 
+        from .models import SeeSRControlNetModel, SeeSRUNet2DConditionModel
+
         unet_config = {k: v for k, v in engine.unet.config.items() if not k.startswith("_")}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -257,6 +261,8 @@ class SeeSRRestorer(Restorer):
         def base_unet_dir() -> Path:
             return resolve_dir(base_spec, revision=revision, allow_patterns=_BASE_UNET_FILES,
                                required=("unet/config.json",)) / "unet"
+
+        from .loading import load_seesr_controlnet, load_seesr_unet
 
         unet = load_seesr_unet(seesr_dir, base_unet_dir)
         controlnet = load_seesr_controlnet(seesr_dir)
@@ -447,7 +453,7 @@ class SeeSRRestorer(Restorer):
                 image_embeds=features[i if features.shape[0] > 1 else 0][None].to(self.unet.device),
             )
             final = denoise(
-                self.unet, self.controlnet, DDPMScheduler.from_config(self.scheduler.config), conditioning,
+                self.unet, self.controlnet, type(self.scheduler).from_config(self.scheduler.config), conditioning,
                 noise.to(self.unet.device), lr_latents=lr_latents, steps=steps, guidance_scale=guidance_scale,
                 conditioning_scale=conditioning_scale, start_point=start_point, start_steps=start_steps,
                 generator=generator, tiling=tiling, progress=progress, callback=callback,
@@ -529,6 +535,7 @@ def _seeded_generator(seed: int | None) -> torch.Generator:
 
 def _load_base_components(base_dir: Path, base_name: str) -> tuple[AutoencoderKL, nn.Module, Any, DDPMScheduler]:
     """VAE, CLIP text encoder, tokenizer and DDPM scheduler of an SD-2 diffusers tree (float32, CPU)."""
+    from diffusers import AutoencoderKL, DDPMScheduler
     from transformers import AutoTokenizer, CLIPTextModel
 
     try:

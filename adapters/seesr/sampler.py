@@ -21,17 +21,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler
 from tqdm.auto import tqdm
 
 from elqproj import tiling as tiling_mod
 from elqproj.errors import InvalidInputError
 
-from .models import SeeSRControlNetModel, SeeSRUNet2DConditionModel
+if TYPE_CHECKING:  # annotations only: the models and diffusers are imported where SeeSR is loaded
+    from diffusers import DDPMScheduler
+
+    from .models import SeeSRControlNetModel, SeeSRUNet2DConditionModel
 
 __all__ = ["SEESR_TILING", "StartPoint", "SeeSRStep", "SeeSRConditioning", "predict_noise", "guided_noise", "denoise"]
 
