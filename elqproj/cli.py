@@ -262,11 +262,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
         except ElqprojError as exc:
             backends[name] = {"error": str(exc)}
     versions = {"elqproj": __version__, "python": platform.python_version(), "torch": torch.__version__}
-    for module in ("diffusers", "transformers", "peft", "huggingface_hub", "timm", "accelerate"):
-        try:
-            versions[module] = __import__(module).__version__
-        except ImportError:
-            versions[module] = None
+    from importlib.metadata import PackageNotFoundError, version
+
+    for package in ("diffusers", "transformers", "peft", "huggingface_hub", "timm", "accelerate"):
+        try:  # the installed distribution's version: importing these libraries would take seconds
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
     devices = {"cuda": torch.cuda.is_available(),
                "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
                "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())}

@@ -329,3 +329,14 @@ def test_an_option_the_restorer_lacks_stops_the_run_once_before_any_file(tmp_pat
     err = capsys.readouterr().err
     assert code == 2 and err.count("Unknown options for the osediff restorer: ['steps']") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_info_lists_the_restorers_without_importing_the_model_libraries():
+    """`elqproj info` reads capabilities and versions only: importing diffusers, transformers or peft took
+    most of its several seconds. A fresh interpreter, so that other tests' imports do not count."""
+    code = ("import sys, contextlib, io\nfrom elqproj.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n    assert main(['info']) == 0\n"
+            "print(sorted(m for m in ('diffusers', 'transformers', 'peft', 'timm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
