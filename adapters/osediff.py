@@ -106,15 +106,9 @@ class OSEDiffRestorer(Restorer):
 
         set_name = f"osediff_random_{seed}"
         if not engine.has_adapter_set(set_name):
-            engine.add_adapter_set(set_name, unet={"default_encoder": official_lora_config(4, OSEDIFF_UNET_TARGETS)},
-                                   vae={_VAE_ADAPTER: official_lora_config(4, OSEDIFF_VAE_TARGETS)})
-            generator = torch.Generator().manual_seed(seed)
-            with torch.no_grad():
-                for param in engine.adapter_parameters(set_name):
-                    param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
-            conv_in = engine.base_value("unet", "conv_in.weight").float().cpu()
-            engine.set_override(set_name, "unet", "conv_in.weight",
-                                conv_in + torch.randn(conv_in.shape, generator=generator) * 0.02)
+            engine.add_random_adapter_set(set_name, unet={"default_encoder": official_lora_config(4, OSEDIFF_UNET_TARGETS)},
+                                          vae={_VAE_ADAPTER: official_lora_config(4, OSEDIFF_VAE_TARGETS)},
+                                          overrides=[("unet", "conv_in.weight")], seed=seed)
         return cls(engine, set_name, weights="random (selftest)")
 
     @classmethod

@@ -154,6 +154,30 @@ class AdapterSetMixin:
             self.activate(previous)
             return adapter_set
 
+    def add_random_adapter_set(
+        self,
+        name: str,
+        *,
+        unet: Mapping[str, Any] | None = None,
+        vae: Mapping[str, Any] | None = None,
+        overrides: Sequence[tuple[str, str]] = (),
+        seed: int = 0,
+        std: float = 0.02,
+        mergeable: bool = True,
+    ) -> AdapterSet:
+        """:meth:`add_adapter_set` with random weights (tiny models for ``elqproj selftest``): every LoRA
+        tensor drawn from N(0, ``std``²) and each ``(component, parameter)`` of ``overrides`` set to the
+        base value plus N(0, ``std``²) noise, all from one CPU generator seeded with ``seed``."""
+        adapter_set = self.add_adapter_set(name, unet=unet, vae=vae, mergeable=mergeable)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for param in self.adapter_parameters(name):
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+        for component, param_name in overrides:
+            base = self.base_value(component, param_name).float().cpu()
+            self.set_override(name, component, param_name, base + torch.randn(base.shape, generator=generator) * std)
+        return adapter_set
+
     def remove_adapter_set(self, name: str) -> None:
         """Delete set ``name``: its LoRA adapters and overrides (e.g. after a checkpoint failed to load)."""
         with self._lock:

@@ -14,6 +14,7 @@ Times are wall-clock seconds; memory is in GiB (2**30 bytes).
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import sys
 import time
@@ -283,7 +284,7 @@ def _with_numbered_prompts(pipeline: RestorationPipeline, prompt: Any) -> Restor
     """The same f and g (and tiling) with an extractor that returns ``prompt`` followed by a call count."""
     from .pipeline import RestorationPipeline
 
-    calls = iter(range(1 << 62))
+    calls = itertools.count()
 
     def numbered(images: torch.Tensor) -> list[str]:
         count = next(calls)

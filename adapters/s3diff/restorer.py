@@ -165,15 +165,10 @@ class S3DiffRestorer(Restorer):
             modulator.w.normal_()
             estimator = DegradationEstimator(stage_channels=(8, 8, 8, 16), blocks_per_stage=(1, 1, 1, 1))
         if set_name not in sets:
-            engine.add_adapter_set(set_name, unet={_UNET_ADAPTER: official_lora_config(rank, OSEDIFF_UNET_TARGETS)},
-                                   vae={_VAE_ADAPTER: official_lora_config(rank, OSEDIFF_VAE_TARGETS)}, mergeable=False)
-            generator = torch.Generator().manual_seed(seed)
-            with torch.no_grad():
-                for param in engine.adapter_parameters(set_name):
-                    param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
-            conv_in = engine.base_value("unet", "conv_in.weight").float().cpu()
-            engine.set_override(set_name, "unet", "conv_in.weight",
-                                conv_in + torch.randn(conv_in.shape, generator=generator) * 0.02)
+            engine.add_random_adapter_set(
+                set_name, unet={_UNET_ADAPTER: official_lora_config(rank, OSEDIFF_UNET_TARGETS)},
+                vae={_VAE_ADAPTER: official_lora_config(rank, OSEDIFF_VAE_TARGETS)},
+                overrides=[("unet", "conv_in.weight")], seed=seed, mergeable=False)
             unet_name, vae_name = (engine.adapter_name(set_name, a) for a in (_UNET_ADAPTER, _VAE_ADAPTER))
             sets[set_name] = (LoRAModulation(engine.unet, unet_name, lambda name: unet_block_index(name, UNET_BLOCKS)),
                               LoRAModulation(engine.vae, vae_name, lambda name: vae_block_index(name, VAE_BLOCKS)))
