@@ -27,7 +27,8 @@ from ..errors import ConfigError, InvalidInputError
 from . import presets
 from .config import DegradationConfig
 from .pipeline import DegradationPipeline
-from .sampling import RandomDraws, derive_seed
+from ..seeding import derive_seed
+from .sampling import RandomDraws
 
 __all__ = ["DegradationTripletDataset", "hq_image_tensor"]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -15,19 +14,12 @@ from tqdm.auto import tqdm
 from .. import imageio
 from ..imageio import expand_image_paths
 from ..errors import ElqprojError, InvalidInputError
+from ..seeding import file_seed
 from .config import DegradationConfig
 from .pipeline import DegradationPipeline
 from .presets import get_preset
-from .sampling import derive_seed
 
-__all__ = ["degrade_files", "image_seed"]
-
-
-def image_seed(seed: int, path: str | os.PathLike) -> int:
-    """The seed of one file's degradation: derived from ``seed`` and the file *name*, so an image
-    gets the same degradation whatever other files are processed with it, and in any order."""
-    digest = hashlib.sha256(Path(path).name.encode("utf-8")).digest()
-    return derive_seed(seed, int.from_bytes(digest[:8], "little"))
+__all__ = ["degrade_files"]
 
 
 def _to_pil(image: torch.Tensor) -> Image.Image:
@@ -55,7 +47,7 @@ def degrade_files(
         output_dir: folder for the results (created).
         config: a :class:`DegradationConfig` or a preset name (``"realesrgan"``, ``"osediff"``,
             ``"elq"``).
-        seed: base seed; each image's seed is :func:`image_seed` of it and the file name.
+        seed: base seed; each image's seed is :func:`~elqproj.seeding.file_seed` of it and the file name.
         scale: fixed final down-scale factor (overrides the config's ``final_scale`` range).
         save_params: also write ``<stem>.json`` with the source path, the seed, the config and the
             sampled params; ``DegradationParams.model_validate(data["params"])`` and
@@ -99,7 +91,7 @@ def degrade_files(
             if target.resolve() == path.resolve():
                 raise InvalidInputError(f"{target} is the input itself: choose another output folder")
             image, _ = imageio.to_tensor(imageio.load_image(path))
-            per_image_seed = image_seed(seed, path)
+            per_image_seed = file_seed(seed, path)
             lq, params = pipeline(image.to(device), generator=torch.Generator().manual_seed(per_image_seed))
             written.append(imageio.save_image(_to_pil(lq), target))
             if save_params:

@@ -20,7 +20,7 @@ import torch
 from torchvision.transforms.functional import rgb_to_grayscale
 
 from ..errors import InvalidInputError
-from .sampling import derive_seed
+from ..seeding import derive_seed
 
 __all__ = [
     "NoiseStream",

@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 from ..validation import ParamsModel
 from .config import ResizeDirection, ResizeMode
 from .kernels import BlurKernel
-from .sampling import MAX_SEED
+from ..seeding import MAX_SEED
 
 __all__ = ["ResizeParams", "NoiseParams", "USMParams", "DegradationParams", "FinalOrder"]
 

@@ -12,29 +12,11 @@ from typing import TypeVar
 
 import torch
 
-__all__ = ["RandomDraws", "derive_seed", "MAX_SEED"]
+from ..seeding import MAX_SEED
+
+__all__ = ["RandomDraws"]
 
 T = TypeVar("T")
-
-#: Seeds are non-negative 63-bit integers (what ``torch.Generator.manual_seed`` and JSON both hold).
-MAX_SEED = 2**63 - 1
-
-# An odd 64-bit constant (the golden-ratio increment of splitmix64): multiplying by it spreads
-# consecutive user seeds (0, 1, 2, …) far apart before the key is added.
-_MIX = 0x9E3779B97F4A7C15
-
-
-def derive_seed(seed: int, *keys: int) -> int:
-    """A new 63-bit seed determined by ``seed`` and ``keys`` (e.g. an epoch and a dataset index).
-
-    Small consecutive seeds and keys map to well separated values, so ``derive_seed(0, 1)`` and
-    ``derive_seed(1, 0)`` differ.
-    """
-    value = int(seed) & MAX_SEED
-    for key in keys:
-        value = (value * _MIX + int(key) + 1) & MAX_SEED
-    return value
-
 
 class RandomDraws:
     """Scalar random draws from a CPU ``torch.Generator`` (float64 uniforms).

@@ -31,7 +31,7 @@ from torch import nn
 from .. import losses
 from ..hub import load_checkpoint
 from ..degradations import DegradationParams, DegradationPipeline
-from ..degradations.sampling import derive_seed
+from ..seeding import derive_seed
 from ..errors import ConfigError, NumericalError
 from ..onestep import OneStepOutput, OneStepSD
 from ..projector import Projector
