@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from elqproj.devices import check_seed, resolve_dtype
+from elqproj.devices import check_seeds, resolve_dtype
 from elqproj.errors import ConfigError, InvalidInputError, WeightsNotFoundError
 from elqproj.registry import Registry, RegistryEntry
 
@@ -72,6 +72,9 @@ class RestorerCapabilities:
         value_range: the range of :meth:`Restorer.restore_batch`'s input and output, the model's own
             (``"signed"`` [-1, 1] for a VAE input; ``"unit"`` [0, 1] for SeeSR's ControlNet condition).
         color_fix: the colour correction the official script applies by default ("adain", "wavelet").
+        per_image_seeds: :meth:`Restorer._restore_batch` takes one seed per image (a list) and draws for
+            each image what a batch of one would draw with its seed; otherwise :meth:`Restorer.restore_batch`
+            runs a batch with per-image seeds one image at a time.
 
     The class attribute holds the defaults a restorer declares before loading; a loaded restorer's
     ``capabilities`` describe that model (e.g. ``size_multiple`` from its VAE) and are enforced by
@@ -97,6 +100,7 @@ class RestorerCapabilities:
     pad_mode: Literal["reflect", "replicate", "constant"] = "reflect"
     value_range: ValueRange = "signed"
     color_fix: str = "adain"
+    per_image_seeds: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -174,7 +178,7 @@ class Restorer(torch.nn.Module, abc.ABC):
         *,
         prompts: Sequence[str] | None = None,
         image_features: torch.Tensor | None = None,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         tiling: Any = None,
         progress: bool = False,
         **options: Any,
@@ -189,7 +193,8 @@ class Restorer(torch.nn.Module, abc.ABC):
                 ``None``: the restorer's own default.
             image_features: a tagger's image embeddings ``(B or 1, N, D)``, only for a restorer whose
                 capabilities say ``uses_image_features``.
-            seed: makes the run reproducible (the same draws as :meth:`restore` with that seed).
+            seed: makes the run reproducible (the same draws as :meth:`restore` with that seed); a list of
+                one seed per image gives each image the draws of a batch of one with its seed.
             tiling: a :class:`~elqproj.tiling.TilingConfig` for this call (``None``: the restorer's own).
             progress: show the restorer's progress bar where it has one (multi-step samplers).
             options: the restorer's own sampling options (see its :meth:`restore`), e.g. ``steps``.
@@ -201,11 +206,11 @@ class Restorer(torch.nn.Module, abc.ABC):
             InvalidInputError: ``lq`` is not such a batch, or ``prompts`` / ``image_features`` do not fit it.
             ConfigError: ``tiling`` or ``image_features`` given to a restorer that declares it cannot use them.
         """
-        check_seed(seed)
         caps = self.capabilities
         if not isinstance(lq, torch.Tensor) or lq.ndim != 4 or lq.shape[1] != 3 or not lq.is_floating_point():
             got = f"{lq.dtype} {tuple(lq.shape)}" if isinstance(lq, torch.Tensor) else type(lq).__name__
             raise InvalidInputError(f"restore_batch takes a float tensor (B, 3, H, W), got {got}.")
+        seed = check_seeds(seed, lq.shape[0])
         height, width = lq.shape[-2:]
         if height % caps.size_multiple or width % caps.size_multiple:
             raise InvalidInputError(
@@ -229,9 +234,16 @@ class Restorer(torch.nn.Module, abc.ABC):
             raise ConfigError(f"The {self.name} restorer cannot tile (capabilities.supports_tiling is False).")
         if image_features is not None and not caps.uses_image_features:
             raise ConfigError(f"The {self.name} restorer takes no image features (capabilities.uses_image_features is False).")
-        return self._restore_batch(lq, prompts=None if prompts is None else list(prompts),
-                                   image_features=image_features, seed=seed, tiling=tiling, progress=progress,
-                                   **options)
+        prompts = None if prompts is None else list(prompts)
+        if isinstance(seed, list) and not caps.per_image_seeds:
+            return torch.cat([
+                self._restore_batch(lq[i:i + 1], prompts=None if prompts is None else prompts[i:i + 1],
+                                    image_features=_row(image_features, i), seed=one, tiling=tiling,
+                                    progress=progress, **options)
+                for i, one in enumerate(seed)
+            ])
+        return self._restore_batch(lq, prompts=prompts, image_features=image_features, seed=seed, tiling=tiling,
+                                   progress=progress, **options)
 
     def check_options(self, options: Any) -> None:
         """Refuse sampling option names :meth:`restore_batch` would not take (before any work is done: a
@@ -248,8 +260,9 @@ class Restorer(torch.nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def _restore_batch(self, lq: torch.Tensor, *, prompts: list[str] | None, image_features: torch.Tensor | None,
-                       seed: int | None, tiling: Any, progress: bool, **options: Any) -> torch.Tensor:
-        """:meth:`restore_batch` after its checks (same arguments and result)."""
+                       seed: int | list[int] | None, tiling: Any, progress: bool, **options: Any) -> torch.Tensor:
+        """:meth:`restore_batch` after its checks (same arguments and result; ``seed`` is a list only for a
+        restorer whose capabilities say ``per_image_seeds``)."""
 
     def training_forward(self, lq: torch.Tensor, prompt_embeds: torch.Tensor, *,
                          generator: torch.Generator | None = None) -> Any:
@@ -316,6 +329,13 @@ RESTORERS: Registry[type[Restorer]] = Registry(
     expected="a Restorer subclass",
     path_form="module:Class",
 )
+
+
+def _row(features: torch.Tensor | None, index: int) -> torch.Tensor | None:
+    """Image ``index``'s rows of a tagger's image features (B or 1, N, D): a batch of one shares its row."""
+    if features is None or features.shape[0] == 1:
+        return features
+    return features[index:index + 1]
 
 
 def register_restorer(name: str, restorer: type[Restorer] | str, *, overwrite: bool = False) -> None:

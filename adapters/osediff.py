@@ -79,6 +79,7 @@ class OSEDiffRestorer(Restorer):
         shares_projector_base=True,
         supports_tiling=True,
         color_fix="adain",
+        per_image_seeds=True,  # one VAE posterior draw per image (OneStepSD.draw_encoder_noise)
     )
 
     def __init__(self, engine: OneStepSD, adapter_set: str, *, weights: str = "") -> None:
@@ -216,7 +217,7 @@ class OSEDiffRestorer(Restorer):
         return self(lq, prompt_embeds, generator=generator)
 
     def _restore_batch(self, lq: torch.Tensor, *, prompts: list[str] | None, image_features: torch.Tensor | None,
-                       seed: int | None, tiling: TilingConfig | None, progress: bool,
+                       seed: int | list[int] | None, tiling: TilingConfig | None, progress: bool,
                        generator: torch.Generator | None = None, encoder_noise: torch.Tensor | None = None,
                        sample_posterior: bool = True, long_prompt: str = "truncate") -> torch.Tensor:
         """One OSEDiff pass on ``lq`` (B,3,H,W) in [-1, 1]; the prompts are used verbatim (``None``: empty).

@@ -17,20 +17,11 @@ from typing import Any
 
 from . import __version__
 from .errors import ElqprojError, InvalidInputError
-from .imageio import IMAGE_SUFFIXES, expand_image_paths
+from .imageio import expand_image_paths
+from .manifest import MANIFEST_NAME
 from .pipeline import LFO_MAX
 
 logger = logging.getLogger("elqproj")
-
-
-def output_paths(inputs: Sequence[Path], output: str) -> list[Path]:
-    """Where each input's result goes: ``-o file.png`` for one input, else ``-o folder/<stem>.png``."""
-    out = Path(output)
-    if len(inputs) == 1 and out.suffix.lower() in IMAGE_SUFFIXES:
-        return [out]
-    if out.suffix.lower() in IMAGE_SUFFIXES:
-        raise InvalidInputError(f"{len(inputs)} inputs need an output folder, but -o {output!r} names a file.")
-    return [out / f"{p.stem}.png" for p in inputs]
 
 
 def _key_value(value: str) -> tuple[str, Any]:
@@ -43,6 +34,19 @@ def _key_value(value: str) -> tuple[str, Any]:
     except ValueError:
         parsed = raw
     return key.strip().replace("-", "_"), parsed
+
+
+def _count(minimum: int):
+    """An argparse type: an integer of at least ``minimum``."""
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            number = None
+        if number is None or number < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value!r}")
+        return number
+    return parse
 
 
 def _lfo(value: str) -> int | str:
@@ -103,36 +107,41 @@ def _load_pipeline(args: argparse.Namespace, *, fresh_projector: bool = False):
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from . import imageio
+    from .archive import distributed_state, output_paths, pending_pairs, restore_files
+    from .manifest import merge_manifest
 
     inputs = expand_image_paths(args.inputs)
     targets = output_paths(inputs, args.output)
-    todo = [(i, o) for i, o in zip(inputs, targets) if not (args.skip_existing and o.exists())]
-    if len(todo) < len(inputs):
-        logger.info("skipping %d existing outputs", len(inputs) - len(todo))
-    if not todo:
+    manifest = args.manifest
+    if manifest is None and not (len(inputs) == 1 and targets[0] == Path(args.output)):
+        manifest = Path(args.output) / MANIFEST_NAME  # a folder of outputs gets a manifest
+    if args.resume and manifest is None:
+        raise InvalidInputError("--resume reads the manifest of the earlier run: restore into a folder (-o DIR), or "
+                                "name the manifest with --manifest.")
+    pairs = list(zip(inputs, targets))
+    state = distributed_state(args.device)
+    if not pending_pairs(pairs, manifest=manifest, resume=args.resume, skip_existing=args.skip_existing):
+        logger.info("nothing to do: every output is done")
+        if args.resume and state.is_main_process:
+            merge_manifest(manifest)  # parts of an interrupted run that had finished every image
         return 0
+    if args.device is None and state.num_processes > 1:
+        args.device = str(state.device)  # under accelerate launch: this process's own device
     pipeline, text = _load_pipeline(args)
     restorer_options = dict(args.restore_option or [])
     if args.color_fix:
         restorer_options["color_fix"] = args.color_fix
-    pipeline.check_restorer_options(restorer_options)  # a wrong option stops here, not at every file
     failures = _Failures()
-    sources = {src.resolve() for src in inputs}
-    for src, dst in tqdm(todo, desc="restore", unit="img", disable=args.quiet):
-        try:
-            if dst.resolve() in sources:
-                raise InvalidInputError(f"-o {dst} is an input: restoring it would overwrite it; choose another output")
-            image = imageio.load_image(src)
-            result = pipeline(image, prompt=text, lfo=args.lfo, seed=args.seed, upscale=args.upscale,
-                              process_size=args.process_size, restorer_options=restorer_options,
-                              progress=not args.quiet)
-            imageio.save_image(result.image, dst, exif=image.info.get("exif"))
-        except (ElqprojError, OSError) as exc:
-            failures(src, exc)
-    return failures.report(len(todo))
+    report = restore_files(
+        pipeline, pairs, manifest=manifest, resume=args.resume, skip_existing=args.skip_existing, seed=args.seed,
+        batch_size=args.batch_size, num_workers=args.workers, progress=not args.quiet, on_error=failures,
+        state=state, prompt=text, lfo=args.lfo, upscale=args.upscale, process_size=args.process_size,
+        restorer_options=restorer_options,
+    )
+    failures.failed = [(Path(record.input), record.error or "") for record in report.failed]
+    if not state.is_main_process:
+        return 1 if failures.failed else 0
+    return failures.report(len(report.records))
 
 
 def _cmd_degrade(args: argparse.Namespace) -> int:
@@ -170,7 +179,7 @@ class _Failures:
     def __init__(self) -> None:
         self.failed: list[tuple[Path, str]] = []
 
-    def __call__(self, path: Path, exc: Exception) -> None:
+    def __call__(self, path: Path, exc: Exception | str) -> None:
         self.failed.append((path, str(exc)))
         from tqdm.auto import tqdm
 
@@ -333,6 +342,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restore-option", type=_key_value, action="append", metavar="KEY=VALUE",
                    help="another option of the backend's restore call, repeatable (e.g. steps=20 for seesr)")
     p.add_argument("--skip-existing", action="store_true", help="do not redo outputs that exist")
+    p.add_argument("--resume", action="store_true",
+                   help="redo only the images the manifest does not record as done (after a crash or preemption)")
+    p.add_argument("--manifest", type=Path, default=None,
+                   help=f"JSON-lines record of every image (default: <output folder>/{MANIFEST_NAME}; none for a "
+                        "single output file)")
+    p.add_argument("--batch-size", type=_count(1), default=1,
+                   help="images of one size restored per call (default 1; larger keeps a GPU busy)")
+    p.add_argument("--workers", type=_count(0), default=None,
+                   help="processes decoding files ahead of the models (default 2; 0: decode in this process)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_restore)
 

@@ -8,7 +8,7 @@ import torch
 
 from .errors import DeviceError, InvalidInputError, NumericalError
 
-__all__ = ["resolve_device_dtype", "resolve_dtype", "synchronize", "check_finite", "check_seed"]
+__all__ = ["resolve_device_dtype", "resolve_dtype", "synchronize", "check_finite", "check_seed", "check_seeds"]
 
 _DTYPE_NAMES = {
     "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
@@ -81,3 +81,15 @@ def check_seed(seed: object) -> int | None:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
         raise InvalidInputError(f"seed must be None or an integer from 0 to 2**64 - 1, got {seed!r}.")
     return int(seed)
+
+
+def check_seeds(seed: object, batch: int) -> int | list[int] | None:
+    """A batch's ``seed=``: ``None``, one seed for the whole batch (see :func:`check_seed`), or a list or
+    tuple of ``batch`` integer seeds, one per image, so that each image gets the draws it would get if
+    it were restored alone with its seed."""
+    if not isinstance(seed, (list, tuple)):
+        return check_seed(seed)
+    if len(seed) != batch or any(s is None for s in seed):
+        raise InvalidInputError(f"seed holds {len(seed)} entries for a batch of {batch} images: give one integer "
+                                f"seed per image, or one integer for the whole batch; got {seed!r}.")
+    return [check_seed(s) for s in seed]

@@ -33,7 +33,7 @@ from torch import nn
 from . import tiling as tiling_mod
 from .adapter_sets import AdapterSetMixin
 from .errors import CheckpointMismatchError, InvalidInputError
-from .devices import check_finite, check_seed, resolve_device_dtype
+from .devices import check_finite, check_seed, check_seeds, resolve_device_dtype
 from .hub import WeightsSpec, resolve_dir
 from .schedule import x0_from_epsilon
 from .text_encoding import LongPromptMode, PromptEncoder
@@ -223,11 +223,15 @@ class OneStepSD(AdapterSetMixin, nn.Module):
         return self.prompt_encoder(prompts, dtype=self.dtype, long_prompt=long_prompt)
 
     # ------------------------------------------------------------------- stages
-    def draw_encoder_noise(self, shape: Sequence[int], *, seed: int | None = None,
+    def draw_encoder_noise(self, shape: Sequence[int], *, seed: int | Sequence[int] | None = None,
                            generator: torch.Generator | None = None) -> torch.Tensor:
-        """N(0,1) noise for the VAE posterior sample, drawn on the CPU in float32 so that a seed gives
-        the same image on every device (on CPU, seed N equals the official script after
-        ``torch.manual_seed(N)``)."""
+        """N(0,1) noise of ``shape`` (B, C, h, w) for the VAE posterior sample, drawn on the CPU in float32 so
+        that a seed gives the same image on every device (on CPU, seed N equals the official script after
+        ``torch.manual_seed(N)``). ``seed`` may hold one seed per image: row i is then what a batch of one
+        draws with seed i, so an image's noise does not depend on the batch it runs in."""
+        if generator is None and isinstance(seed, (list, tuple)):
+            seeds = check_seeds(seed, shape[0])
+            return torch.cat([self.draw_encoder_noise((1, *shape[1:]), seed=s) for s in seeds])
         if generator is None:
             generator = torch.Generator("cpu")
             seed = check_seed(seed)
@@ -256,7 +260,7 @@ class OneStepSD(AdapterSetMixin, nn.Module):
         x: torch.Tensor,
         *,
         noise: torch.Tensor | None = None,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         generator: torch.Generator | None = None,
         sample_posterior: bool = True,
         tiling: tiling_mod.TilingConfig | None = None,
@@ -264,8 +268,8 @@ class OneStepSD(AdapterSetMixin, nn.Module):
         """VAE-encode ``x`` (B,3,H,W) in [-1,1], H and W multiples of 8, with the active set's encoder LoRA.
 
         Returns ``(latent, posterior)``: latent = (mean + std·noise)·scaling_factor, shape (B,4,H/8,W/8).
-        ``noise`` (same shape) is injected as given; else it is drawn from ``seed``/``generator``.
-        ``sample_posterior=False`` uses the posterior mean (deterministic). ``tiling`` overrides
+        ``noise`` (same shape) is injected as given; else it is drawn from ``seed`` (one, or one per image:
+        see :meth:`draw_encoder_noise`) or ``generator``. ``sample_posterior=False`` uses the posterior mean (deterministic). ``tiling`` overrides
         :attr:`tiling` for this call (the engine may be shared: its own setting stays untouched).
         """
         if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] % 8 or x.shape[3] % 8:
@@ -342,7 +346,7 @@ class OneStepSD(AdapterSetMixin, nn.Module):
         *,
         timestep: int = 999,
         encoder_noise: torch.Tensor | None = None,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         generator: torch.Generator | None = None,
         sample_posterior: bool = True,
         negative_embeds: torch.Tensor | None = None,

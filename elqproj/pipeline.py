@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, imageio
 from .colorfix import apply_color_fix, check_color_fix
-from .devices import check_seed, synchronize
+from .devices import check_seed, check_seeds, synchronize
 from .errors import ConfigError, InvalidInputError, WeightsNotFoundError
 from .prompts.base import PromptResult
 from .validation import ConfigModel
@@ -335,7 +335,7 @@ class RestorationPipeline:
         *,
         prompt: str | Sequence[str] | None = None,
         lfo: int | str = 0,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         upscale: int = 1,
         process_size: int = 512,
         sample_posterior: bool = True,
@@ -355,7 +355,9 @@ class RestorationPipeline:
                 "auto": stop when the tag set stops changing, at most :data:`LFO_AUTO_CAP` passes. Passes
                 stop early when a pass's prompts equal the previous ones (the rest would repeat it; see
                 ``RestorationResult.lfo_stop``). Needs a projector.
-            seed: makes the VAE posterior samples of f and g reproducible.
+            seed: makes the random draws of f and g reproducible (VAE posterior samples; g's sampler). A
+                list of one seed per image gives each image of a batch exactly the draws it gets when
+                restored alone with its seed (:meth:`restore_folder` derives them from file names).
             upscale: enlargement before f: the ELQ image is enlarged (bicubic) by ``upscale``; f and g
                 then run at that size (g restores without rescaling), as in training where ELQ, LQ and HQ
                 share one size. The output is ``upscale`` times the input unless ``process_size`` enlarges
@@ -387,11 +389,13 @@ class RestorationPipeline:
             raise InvalidInputError(f"upscale must be a positive integer, got {upscale!r}.")
         if not isinstance(process_size, int) or isinstance(process_size, bool) or process_size < 0:
             raise InvalidInputError(f"process_size must be a pixel count >= 0 (0: no enlargement), got {process_size!r}.")
-        check_seed(seed)
+        if not isinstance(seed, (list, tuple)):
+            check_seed(seed)
         self.check_restorer_options(restorer_options)
         start = time.perf_counter()
 
         x, meta = imageio.to_tensor(image)
+        seed = check_seeds(seed, x.shape[0])
         fixed = None if prompt is None else _fixed_texts(prompt, x.shape[0])
         imageio.check_processing_size(tuple(x.shape[-2:]), processing_size(*x.shape[-2:], upscale=upscale,
                                                                             process_size=process_size),
@@ -465,6 +469,19 @@ class RestorationPipeline:
             lfo_passes=passes,
             lfo_stop=stop,
         )
+
+    def restore_folder(self, inputs: Any, output_dir: str | os.PathLike, **options: Any) -> Any:
+        """Restore image files (a folder, glob, file or a list of them) into ``output_dir/<stem>.png`` with a
+        manifest, on every process of an ``accelerate launch`` at once, batched, resumable; see
+        :func:`elqproj.archive.restore_files` for the options (``seed``, ``batch_size``, ``resume``, …, and
+        this call's own: ``lfo``, ``prompt``, ``upscale``, …).
+
+        Returns:
+            :class:`~elqproj.archive.ArchiveReport` (``.done``, ``.failed``, ``.records``).
+        """
+        from .archive import restore_folder
+
+        return restore_folder(self, inputs, output_dir, **options)
 
     def _project(self, elq: torch.Tensor, latent: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         """One f pass from the cached ELQ latent -> LQ proxy (B,3,H,W) in [0,1], float32, on f's device."""

@@ -38,7 +38,7 @@ def test_restore_folder_and_glob_with_skip_existing(tmp_path, projector_dir):
     _write(tmp_path / "in" / "b.jpg", seed=1)
     out = tmp_path / "out"
     assert main(["restore", str(tmp_path / "in"), "-o", str(out), *_common(projector_dir)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "manifest.jsonl"]
     before = (out / "a.png").stat().st_mtime_ns
     (out / "b.png").unlink()
     glob = str(tmp_path / "in" / "*.*")
@@ -160,7 +160,7 @@ def test_a_named_extractor_loads_once_per_run(tmp_path, projector_dir, counting_
     if with_projector:
         args += ["--projector", str(projector_dir)]
     assert main(args) == 0
-    assert counting_tagger.loads == 1 and len(list((tmp_path / "out").iterdir())) == 3
+    assert counting_tagger.loads == 1 and len(list((tmp_path / "out").glob("*.png"))) == 3
 
 
 def test_prompt_weights_need_an_extractor_name(tmp_path, capsys):
@@ -253,7 +253,7 @@ def test_a_malformed_key_value_option_is_a_usage_error(tmp_path):
 def test_restore_never_overwrites_its_input(tmp_path, projector_dir, capsys):
     src = _write(tmp_path / "same.png")
     before = src.read_bytes()
-    assert main(["restore", str(src), "-o", str(src), *_common(projector_dir)]) == 1
+    assert main(["restore", str(src), "-o", str(src), *_common(projector_dir)]) == 2  # refused before any work
     assert "is an input" in capsys.readouterr().err and src.read_bytes() == before
 
 

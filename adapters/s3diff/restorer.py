@@ -120,6 +120,7 @@ class S3DiffRestorer(Restorer):
         size_multiple=_PAD_MULTIPLE,
         pad_mode="reflect",
         color_fix="wavelet",
+        per_image_seeds=True,  # one VAE posterior draw per image (OneStepSD.draw_encoder_noise)
     )
 
     def __init__(
@@ -317,7 +318,7 @@ class S3DiffRestorer(Restorer):
         return self(lq, self.estimate_degradation(signed_to_unit(lq)), prompt_embeds, generator=generator)
 
     def _restore_batch(self, lq: torch.Tensor, *, prompts: list[str] | None, image_features: torch.Tensor | None,
-                       seed: int | None, tiling: TilingConfig | None, progress: bool,
+                       seed: int | list[int] | None, tiling: TilingConfig | None, progress: bool,
                        negative_prompt: str | Sequence[str] | None = NEGATIVE_PROMPT,
                        guidance_scale: float = GUIDANCE_SCALE, generator: torch.Generator | None = None,
                        encoder_noise: torch.Tensor | None = None, sample_posterior: bool = True,
