@@ -43,7 +43,7 @@ def test_restore_folder_example(tmp_path, projector_dir):
         "--backend-weights", str(OSEDIFF_GOLDEN_PKL), "--base-model", str(TINY_SD21), "--lfo", "1",
         "--prompt", "a photo", "--process-size", "64", "--device", "cpu",
     ])
-    assert code == 0 and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png"]
+    assert code == 0 and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png", "manifest.jsonl"]
 
 
 def test_web_service_example_serves_many_requests_with_models_loaded_once(tmp_path, projector_dir):
