@@ -49,6 +49,14 @@ def _count(minimum: int):
     return parse
 
 
+def _name_weights(value: str) -> tuple[str, str | None]:
+    """``NAME`` or ``NAME=WEIGHTS`` (a registered name and, optionally, its weights)."""
+    name, _, weights = value.partition("=")
+    if not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME or NAME=WEIGHTS, got {value!r}")
+    return name.strip(), weights.strip() or None
+
+
 def _lfo(value: str) -> int | str:
     if value == "auto":
         return value
@@ -193,6 +201,27 @@ class _Failures:
         for path, reason in self.failed:
             print(f"  {path}: {reason}", file=sys.stderr)
         return 1
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoDefaults, DemoModels, build_demo, launch_demo
+    from .pipeline import RestorationPipeline
+    from .prompts import load_prompt_extractor
+
+    examples = expand_image_paths(args.examples) if args.examples else None
+    pipeline, text = _load_pipeline(args)
+    models = DemoModels.from_pipeline(pipeline, backend=args.backend, extractor=args.prompt_extractor)
+    for name, weights in args.add_backend or []:
+        models.restorers[name] = RestorationPipeline.from_components(
+            projector=pipeline.projector, restorer=name, restorer_options={"weights": weights} if weights else None,
+            device=pipeline.device, dtype=pipeline.dtype).restorer
+    for name, weights in args.add_prompt_extractor or []:
+        models.extractors[name] = load_prompt_extractor(name, weights=weights, device=pipeline.device)
+    defaults = DemoDefaults(lfo=str(args.lfo), seed=args.seed, upscale=args.upscale, prompt_text=text or "",
+                            process_size=args.process_size)
+    demo = build_demo(models, defaults=defaults, examples=examples)
+    launch_demo(demo, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, concurrency=args.concurrency)
+    return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -366,6 +395,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the rows to this JSON file")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("demo", help="a local web page: upload a photo, restore it, compare before/after")
+    _add_model_arguments(p, projector_help="projector directory or Hub id; without it the page runs g alone")
+    p.add_argument("--add-backend", type=_name_weights, action="append", metavar="NAME[=WEIGHTS]",
+                   help="another restorer the page offers, repeatable (e.g. seesr=path/to/seesr)")
+    p.add_argument("--add-prompt-extractor", type=_name_weights, action="append", metavar="NAME[=WEIGHTS]",
+                   help="another prompt extractor the page offers, repeatable (e.g. dape=DAPE.pth)")
+    p.add_argument("--upscale", type=int, default=1, choices=[1, 2, 4], help="the page's first upscale (default 1)")
+    p.add_argument("--examples", nargs="+", default=None, help="image files, folders or globs offered as examples")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--max-upload-mb", type=float, default=20, help="largest accepted upload in MB (default 20)")
+    p.add_argument("--concurrency", type=_count(1), default=1,
+                   help="restorations run at once; the others queue (default 1: one GPU)")
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("degrade", help="synthesise degraded images (Real-ESRGAN second-order pipeline)")
     p.add_argument("inputs", nargs="+", help="image files, folders or globs")

@@ -1,0 +1,247 @@
+"""A local web page to restore an image and look at the result: ``elqproj demo`` (``pip install "elqproj[demo]"``).
+
+Built on gradio. The page runs the package's :class:`~elqproj.pipeline.RestorationPipeline` (never restore
+code of its own) on models loaded once at start and shared by every request: one projector f (or none),
+the restorers g and prompt extractors Y given on the command line. Requests queue (one at a time by
+default: one GPU); uploads above ``max_upload_mb`` are refused by the server, images above the pixel
+budget by the pipeline, and every error reaches the page as its message, never as a stack trace.
+
+The Restore button is also an API endpoint (``api_name="restore"``) for ``gradio_client``::
+
+    from gradio_client import Client, handle_file
+    client = Client("http://127.0.0.1:7860/")
+    slider, lq, prompts, timings, download = client.predict(
+        handle_file("photo.jpg"), "osediff", "none", "", "2", 0, 1, "official", "auto", api_name="/restore")
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from . import imageio
+from .errors import ConfigError, ElqprojError, InvalidInputError
+from .pipeline import LFO_MAX, RestorationPipeline
+
+__all__ = ["DemoModels", "build_demo", "COLOR_FIX_CHOICES", "LFO_CHOICES", "PROMPT_NONE", "PROMPT_TEXT"]
+
+logger = logging.getLogger(__name__)
+
+#: Prompt modes besides the loaded extractors: no prompt, or the text typed in the page.
+PROMPT_NONE, PROMPT_TEXT = "none", "text"
+#: LFO choices of the page: a number of passes, or "auto" (stop when the tags stop changing).
+LFO_CHOICES = [str(k) for k in range(LFO_MAX + 1)] + ["auto"]
+#: Colour fix choices: the restorer's official one, or a fixed one.
+COLOR_FIX_CHOICES = ["official", "adain", "wavelet", "none"]
+TILING_CHOICES = ["auto", "always", "never"]
+
+
+@dataclass
+class DemoModels:
+    """The models the page combines, loaded once: f (or ``None``), restorers and prompt extractors by name.
+
+    :meth:`pipeline` gives the :class:`RestorationPipeline` of one combination, built once and reused.
+    """
+
+    restorers: dict[str, Any]
+    projector: Any = None
+    extractors: dict[str, Any] = field(default_factory=dict)
+    _pipelines: dict[tuple[str, str, str], RestorationPipeline] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def from_pipeline(cls, pipeline: RestorationPipeline, *, backend: str, extractor: str | None = None) -> DemoModels:
+        """The models of a loaded pipeline, its g under ``backend`` and its Y (if any) under ``extractor``."""
+        extractors = {extractor: pipeline.prompt_extractor} if extractor and pipeline.prompt_extractor else {}
+        return cls(restorers={backend: pipeline.restorer}, projector=pipeline.projector, extractors=extractors)
+
+    @property
+    def prompt_modes(self) -> list[str]:
+        return [PROMPT_NONE, PROMPT_TEXT, *self.extractors]
+
+    def pipeline(self, backend: str, prompt_mode: str, tiling: str = "auto") -> RestorationPipeline:
+        """The pipeline of restorer ``backend``, extractor ``prompt_mode`` (or none) and ``tiling``.
+
+        Raises:
+            InvalidInputError: a restorer or prompt mode this page did not load.
+            ConfigError: tiling asked of a restorer that cannot tile.
+        """
+        if backend not in self.restorers:
+            raise InvalidInputError(f"The restorer {backend!r} is not loaded here; loaded: {sorted(self.restorers)}. "
+                                    "Start the demo with --backend / --add-backend NAME=WEIGHTS.")
+        if prompt_mode not in self.prompt_modes:
+            raise InvalidInputError(f"The prompt mode {prompt_mode!r} is not available; choose one of {self.prompt_modes}.")
+        if tiling not in TILING_CHOICES:
+            raise InvalidInputError(f"tiling must be one of {TILING_CHOICES}, got {tiling!r}.")
+        key = (backend, prompt_mode, tiling)
+        with self._lock:
+            if key not in self._pipelines:
+                pipe = RestorationPipeline(self.restorers[backend], projector=self.projector,
+                                           prompt_extractor=self.extractors.get(prompt_mode))
+                if tiling != "auto":
+                    from .tiling import TilingConfig
+
+                    pipe.configure_tiling(TilingConfig(mode=tiling))
+                self._pipelines[key] = pipe
+            return self._pipelines[key]
+
+
+@dataclass
+class DemoDefaults:
+    """What the page's controls show first and how it sizes images (from ``elqproj demo``'s options)."""
+
+    lfo: str = "2"
+    seed: int | None = 0
+    upscale: int = 1
+    prompt_text: str = ""
+    process_size: int = 512
+    max_pixels: int | None = None
+
+
+def restore_request(models: DemoModels, defaults: DemoDefaults, upload: str | None, backend: str, prompt_mode: str,
+                    prompt_text: str, lfo: str, seed: float | None, upscale: float, color_fix: str, tiling: str,
+                    output_dir: Path) -> tuple[tuple[Image.Image, Image.Image], Image.Image, str, str, str]:
+    """One press of Restore: the uploaded file restored as the controls say.
+
+    Returns:
+        ``((input enlarged to the result's size, result), LQ proxy, prompt trace, timings table (Markdown),
+        path of the full-resolution PNG)``.
+
+    Raises:
+        ElqprojError: anything wrong with the request or the file (the page shows the message).
+    """
+    if not upload:
+        raise InvalidInputError("Upload an image first (or pick an example).")
+    if lfo not in LFO_CHOICES:
+        raise InvalidInputError(f"LFO must be one of {LFO_CHOICES}, got {lfo!r}.")
+    if color_fix not in COLOR_FIX_CHOICES:
+        raise InvalidInputError(f"colour fix must be one of {COLOR_FIX_CHOICES}, got {color_fix!r}.")
+    if prompt_mode == PROMPT_TEXT and not (prompt_text or "").strip():
+        raise InvalidInputError("The prompt mode is 'text': type a prompt, or choose another mode.")
+    seed_value = None if seed is None or seed == "" else int(seed)
+    pipe = models.pipeline(backend, prompt_mode, tiling)
+    image = imageio.load_image(upload, max_pixels=defaults.max_pixels)
+    options = {} if color_fix == "official" else {"color_fix": color_fix}
+    result = pipe(image, prompt=prompt_text if prompt_mode == PROMPT_TEXT else None,
+                  lfo=lfo if lfo == "auto" else int(lfo), seed=seed_value, upscale=int(upscale),
+                  process_size=defaults.process_size, restorer_options=options, max_pixels=defaults.max_pixels)
+    restored = _as_rgb(result.image)
+    before = _as_rgb(image).resize(restored.size, Image.Resampling.BICUBIC)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    download = imageio.save_image(result.image, Path(tempfile.mkdtemp(dir=output_dir)) / f"{Path(upload).stem}_restored.png")
+    return (before, restored), _as_rgb(result.lq), prompt_trace(result.prompts), timings_table(result.timings), str(download)
+
+
+def _as_rgb(image: Any) -> Image.Image:
+    """A PIL or 16-bit :class:`~elqproj.imageio.ImageArray` result as an 8-bit RGB picture for the page."""
+    x, _ = imageio.to_tensor(image)
+    return Image.fromarray((x[0].permute(1, 2, 0) * 255).round().clamp(0, 255).byte().numpy())
+
+
+def prompt_trace(prompts: list[str]) -> str:
+    """One line per pass: c¹ (Y on the input), each LFO pass, and the prompt g was conditioned on."""
+    lines = [f"pass 1 (f, prompt from the input): {prompts[0]!r}"]
+    lines += [f"pass {k} (f, LFO {k - 1}): {text!r}" for k, text in enumerate(prompts[1:-1], start=2)]
+    lines.append(f"g (restorer): {prompts[-1]!r}")
+    return "\n".join(lines)
+
+
+def timings_table(timings: dict[str, float]) -> str:
+    rows = "\n".join(f"| {stage} | {seconds:.3f} |" for stage, seconds in timings.items())
+    return f"| stage | seconds |\n|---|---|\n{rows}"
+
+
+def build_demo(models: DemoModels, *, defaults: DemoDefaults | None = None, examples: list[str] | None = None,
+               output_dir: str | Path | None = None, title: str = "elqproj: extreme blind image restoration") -> Any:
+    """The page as a ``gradio.Blocks``; launch it with :func:`launch_demo` (or ``.queue().launch()``).
+
+    Args:
+        models: the loaded models (:class:`DemoModels`).
+        defaults: the controls' first values and the sizing (:class:`DemoDefaults`).
+        examples: image files offered as examples under the upload.
+        output_dir: where full-resolution results are written for download (default: a temporary folder).
+    """
+    gr = _gradio()
+    defaults = defaults or DemoDefaults()
+    out = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="elqproj-demo-"))
+
+    def restore(upload, backend, prompt_mode, prompt_text, lfo, seed, upscale, color_fix, tiling,
+                progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - gradio's way to ask for a progress bar
+        try:
+            return restore_request(models, defaults, upload, backend, prompt_mode, prompt_text, lfo, seed, upscale,
+                                   color_fix, tiling, out)
+        except ElqprojError as exc:  # named by the uploaded file's name, not gradio's temporary copy
+            message = str(exc).replace(str(upload), Path(upload).name) if upload else str(exc)
+            raise gr.Error(message, duration=None, print_exception=False) from None
+        except Exception as exc:  # noqa: BLE001 - the page shows a message; the log keeps the traceback
+            logger.exception("restoration failed")
+            raise gr.Error(f"Restoration failed ({type(exc).__name__}: {exc}); see the server log.",
+                           duration=None, print_exception=False) from None
+
+    with gr.Blocks(title=title) as demo:
+        gr.Markdown(f"## {title}\nUpload an extremely degraded photo, choose the restorer and the prompt, press "
+                    "**Restore**, then drag the slider to compare the input (left) with the result (right).")
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = gr.File(label="Image", file_types=["image"], type="filepath", elem_id="upload")
+                if examples:
+                    gr.Examples(examples=[[str(p)] for p in examples], inputs=[upload], label="Examples")
+                backend = gr.Dropdown(list(models.restorers), value=next(iter(models.restorers)), label="Restorer g",
+                                      elem_id="backend")
+                first_mode = PROMPT_TEXT if defaults.prompt_text else models.prompt_modes[-1] if models.extractors \
+                    else PROMPT_NONE
+                prompt_mode = gr.Dropdown(models.prompt_modes, value=first_mode, label="Prompt", elem_id="prompt-mode")
+                prompt_text = gr.Textbox(value=defaults.prompt_text, label="Prompt text (mode 'text')",
+                                         elem_id="prompt-text")
+                with gr.Row():
+                    lfo = gr.Dropdown(LFO_CHOICES, value=defaults.lfo, label="LFO passes",
+                                      interactive=models.projector is not None, elem_id="lfo")
+                    seed = gr.Number(value=defaults.seed, precision=0, label="Seed", elem_id="seed")
+                    upscale = gr.Dropdown([1, 2, 4], value=defaults.upscale, label="Upscale", elem_id="upscale")
+                with gr.Row():
+                    color_fix = gr.Dropdown(COLOR_FIX_CHOICES, value="official", label="Colour fix",
+                                            elem_id="color-fix")
+                    tiling = gr.Dropdown(TILING_CHOICES, value="auto", label="Tiling", elem_id="tiling")
+                run = gr.Button("Restore", variant="primary", elem_id="restore-button")
+            with gr.Column(scale=2):
+                slider = gr.ImageSlider(label="Before / after", type="pil", format="png", elem_id="slider")
+                with gr.Row():
+                    lq = gr.Image(label="LQ proxy (f's output, g's input)", type="pil", format="png", elem_id="lq")
+                    download = gr.File(label="Result at full resolution", elem_id="download")
+                prompts = gr.Textbox(label="Prompt of every pass", lines=4, interactive=False, elem_id="prompts")
+                timings = gr.Markdown(elem_id="timings")
+        run.click(restore, inputs=[upload, backend, prompt_mode, prompt_text, lfo, seed, upscale, color_fix, tiling],
+                  outputs=[slider, lq, prompts, timings, download], api_name="restore")
+    return demo
+
+
+def launch_demo(demo: Any, *, host: str = "127.0.0.1", port: int | None = 7860, max_upload_mb: float = 20,
+                concurrency: int = 1, block: bool = True, **launch_options: Any) -> Any:
+    """Serve ``demo`` on ``host:port`` with a request queue (``concurrency`` at a time: one per GPU) and an
+    upload limit; ``block=False`` returns at once (the server runs in a thread; ``demo.close()`` stops it)."""
+    gr = _gradio()
+    if max_upload_mb <= 0 or concurrency < 1:
+        raise InvalidInputError(f"max_upload_mb must be > 0 and concurrency >= 1, got {max_upload_mb}, {concurrency}.")
+    demo.queue(default_concurrency_limit=concurrency)
+    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],  # no web fonts: works offline
+                              font_mono=["ui-monospace", "monospace"])
+    return demo.launch(server_name=host, server_port=port, max_file_size=f"{max_upload_mb}mb",
+                       prevent_thread_lock=not block, show_error=True, theme=theme, quiet=not block,
+                       footer_links=["api"], **launch_options)
+
+
+def _gradio() -> Any:
+    # No usage reports to gradio's servers unless the user asks for them (the page also works offline).
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        import gradio
+    except ImportError:
+        raise ConfigError('The web demo needs gradio: pip install "elqproj[demo]".') from None
+    return gradio
