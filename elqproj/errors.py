@@ -35,6 +35,11 @@ class CheckpointMismatchError(ElqprojError):
     """A checkpoint does not belong to the architecture it is being loaded into."""
 
 
+class IntegrityError(CheckpointMismatchError):
+    """A weights file is truncated, corrupted or substituted: its checksum differs from the published one or
+    from the one recorded when it was downloaded."""
+
+
 class UnknownNameError(ElqprojError, KeyError):
     """A registry lookup (restorer, prompt extractor, preset, …) found no entry of that name."""
 

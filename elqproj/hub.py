@@ -22,17 +22,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import pickle
-import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .downloads import download_url, verify_recorded
 from .errors import CheckpointMismatchError, ConfigError, UnsafeCheckpointError, WeightsNotFoundError
 
 __all__ = [
@@ -42,15 +41,24 @@ __all__ = [
     "resolve_dir",
     "resolve_file",
     "load_checkpoint",
+    "save_checkpoint",
+    "CONVERTED_INDEX",
     "split_prefixed",
     "nested_entry",
     "WeightsSpec",
 ]
 
+logger = logging.getLogger(__name__)
+
 #: What callers may pass wherever weights are expected.
 WeightsSpec = str | os.PathLike
 
 _PICKLE_SUFFIXES = (".pkl", ".pth", ".pt", ".bin", ".ckpt")
+#: The file that marks a folder (or Hub repository) written by ``elqproj convert``: it names the weights
+#: file and the official file it was converted from, so that either name finds it.
+CONVERTED_INDEX = "elqproj_weights.json"
+#: Safetensors metadata key listing the entries that were dicts of tensors (see :func:`save_checkpoint`).
+_NESTED = "__elqproj_nested__"
 
 
 def cache_dir() -> Path:
@@ -144,6 +152,7 @@ def resolve_dir(
     revision: str | None = None,
     allow_patterns: Sequence[str] | None = None,
     required: Sequence[str] = (),
+    local_only: bool = False,
 ) -> Path:
     """Return a local directory holding the model tree named by ``spec``.
 
@@ -154,6 +163,7 @@ def resolve_dir(
         allow_patterns: only download files matching these globs (Hub only).
         required: relative paths that must exist in the result (e.g. ``"unet/config.json"``); a
             missing one raises :class:`WeightsNotFoundError` naming it.
+        local_only: only what is cached, as with ``HF_HUB_OFFLINE=1``.
     """
     path = Path(os.fspath(spec)).expanduser()
     if path.is_dir():
@@ -169,14 +179,15 @@ def resolve_dir(
             patterns = [f"{sub}/*"]
         from huggingface_hub import snapshot_download
 
+        offline = local_only or is_offline()
         try:
-            if not is_offline():
+            if not offline:
                 _bound_hub_requests()
             snap = snapshot_download(
                 repo_id,
                 revision=revision,
                 allow_patterns=patterns,
-                local_files_only=is_offline(),
+                local_files_only=offline,
             )
         except Exception as exc:  # huggingface_hub raises many types; all mean "not available"
             raise _not_found(
@@ -204,6 +215,7 @@ def resolve_file(
     *,
     revision: str | None = None,
     sha256: str | None = None,
+    local_only: bool = False,
 ) -> Path:
     """Return a local path to one weights file.
 
@@ -213,17 +225,20 @@ def resolve_file(
         filename: file inside a directory or Hub repository.
         revision: Hub branch, tag or commit.
         sha256: expected hex digest; checked for URL downloads (once, when first cached) and local files.
+        local_only: only what is cached, as with ``HF_HUB_OFFLINE=1``.
 
     Raises:
         WeightsNotFoundError: nothing found (offline and not cached, wrong name, …) or checksum mismatch.
     """
     text = os.fspath(spec)
+    offline = local_only or is_offline()
     if text.startswith(("https://", "http://")):
-        return _download_url(text, sha256=sha256)
+        return _download_url(text, sha256=sha256, offline=offline)
     path = Path(text).expanduser()
     if path.is_file():
         local = path
     elif path.is_dir():
+        filename = _converted_file(path / CONVERTED_INDEX, filename)
         if filename is None:
             raise WeightsNotFoundError(f"{text} is a directory; pass filename= to pick a file in it.")
         local = path / filename
@@ -231,20 +246,26 @@ def resolve_file(
             raise _not_found(f"{filename!r} in {text}", None, hint="List the directory and pass the right filename.")
     elif isinstance(spec, str) and _looks_like_repo_id(text):
         repo_id, sub = _split_repo_and_path(text)
+        from huggingface_hub import hf_hub_download
+
+        if not offline:
+            _bound_hub_requests()
+        if sub is None:  # a repository written by `elqproj convert` names its weights file
+            try:
+                index = hf_hub_download(repo_id, CONVERTED_INDEX, revision=revision, local_files_only=offline)
+            except Exception:  # noqa: BLE001 - no index: an ordinary repository
+                index = None
+            if index is not None:
+                filename = _converted_file(Path(index), filename)
         target = "/".join(p for p in (sub, filename) if p)
         if not target:
             raise WeightsNotFoundError(
                 f"{text!r} names a Hub repository but no file in it: pass filename= "
                 "or use the form 'org/name/path/to/file'."
             )
-        from huggingface_hub import hf_hub_download
-
-        if not is_offline():
-            _bound_hub_requests()
-
         try:
             local = Path(
-                hf_hub_download(repo_id, target, revision=revision, local_files_only=is_offline())
+                hf_hub_download(repo_id, target, revision=revision, local_files_only=offline)
             )
         except Exception as exc:
             raise _not_found(
@@ -252,6 +273,7 @@ def resolve_file(
                 + (f" at revision {revision!r}" if revision else ""),
                 exc,
             ) from exc
+        _verify_hub_blob(local)
     else:
         raise _not_found(
             f"weights file {text!r}",
@@ -259,20 +281,8 @@ def resolve_file(
             hint="Pass an existing file, a Hub id 'org/name' with filename=, or an https URL.",
         )
     if sha256 is not None:
-        _check_sha256(local, sha256)
+        verify_recorded(local, expected=sha256, fix="replace it with the official release")
     return local
-
-
-def _check_sha256(path: Path, expected: str) -> None:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != expected.lower():
-        raise WeightsNotFoundError(
-            f"{path} has sha256 {digest.hexdigest()}, expected {expected}. The file is corrupt or not "
-            "the expected release: delete it and download again."
-        )
 
 
 def url_cache_path(url: str) -> Path:
@@ -283,36 +293,37 @@ def url_cache_path(url: str) -> Path:
     return cache_dir() / "urls" / key / name
 
 
-def _download_url(url: str, *, sha256: str | None) -> Path:
+def _converted_file(index: Path, filename: str | None) -> str | None:
+    """The weights file an ``elqproj convert`` folder holds, when ``filename`` is unset or names the official
+    file it was converted from; else ``filename`` unchanged."""
+    if not index.is_file():
+        return filename
+    try:
+        entry = json.loads(index.read_text())
+        converted, original = entry["file"], entry.get("original_file")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointMismatchError(f"{index} is not an elqproj convert index: {exc}") from exc
+    return converted if filename is None or filename == original else filename
+
+
+def _download_url(url: str, *, sha256: str | None, offline: bool) -> Path:
+    """The cached copy of ``url`` (checked against ``sha256`` or the checksum recorded at its download),
+    downloading it first when it is not cached."""
     target = url_cache_path(url)
     if target.is_file():
-        if sha256 is not None:
-            _check_sha256(target, sha256)
+        verify_recorded(target, expected=sha256, fix=f"delete {target} and run the command again to download it")
         return target
-    if is_offline():
+    if offline:
         raise _not_found(f"{url} in the elqproj cache ({target})", None,
                          hint="Unset HF_HUB_OFFLINE to download it, or pass a local path.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    from tqdm.auto import tqdm
+    return download_url(url, target, sha256=sha256)
 
-    # Write to a temporary file in the same folder and rename: no partial file is left on failure.
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".part-")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=target.name, leave=False) as bar:
-                for block in iter(lambda: resp.read(1 << 20), b""):
-                    out.write(block)
-                    bar.update(len(block))
-        if sha256 is not None:
-            _check_sha256(Path(tmp), sha256)
-        os.replace(tmp, target)
-    except (urllib.error.URLError, OSError) as exc:
-        raise _not_found(url, exc, hint="Check the URL and your connection, or download it by hand.") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+
+def _verify_hub_blob(path: Path) -> None:
+    """A Hub LFS file sits in the cache as ``blobs/<sha256>``: check its bytes against that name."""
+    blob = path.resolve()
+    if blob.parent.name == "blobs" and len(blob.name) == 64 and all(c in "0123456789abcdef" for c in blob.name):
+        verify_recorded(blob, expected=blob.name, fix=f"delete {blob} and {path}, then load it again to download it")
 
 
 def load_checkpoint(path: WeightsSpec, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -321,7 +332,10 @@ def load_checkpoint(path: WeightsSpec, *, map_location: str | torch.device = "cp
     * ``.safetensors``: tensors by key; non-tensor entries stored as JSON strings in the metadata
       (the form elqproj and the golden sets use for official dicts) are decoded and merged. Dotted keys
       ``"a.b"`` whose prefix ``a`` is a metadata-declared group are *not* nested: callers see flat keys.
-    * pickles (``.pkl``, ``.pth``, ``.pt``, ``.bin``, ``.ckpt``): ``torch.load(weights_only=True)``.
+      A file written by :func:`save_checkpoint` comes back as the dict that was saved.
+    * pickles (``.pkl``, ``.pth``, ``.pt``, ``.bin``, ``.ckpt``): ``torch.load(weights_only=True)``, once;
+      the dict is then kept as safetensors in ``cache_dir()/converted`` (keyed by the pickle's path, size
+      and modification time) and later loads read that copy (no unpickling at all).
 
     Raises:
         UnsafeCheckpointError: the pickle references globals outside torch's safe allow-list
@@ -329,6 +343,8 @@ def load_checkpoint(path: WeightsSpec, *, map_location: str | torch.device = "cp
         CheckpointMismatchError: the file is unreadable or not a checkpoint.
     """
     path = Path(os.fspath(path))
+    if path.suffix != ".safetensors" and path.is_file() and (copy := _converted_copy(path)).is_file():
+        return load_checkpoint(copy, map_location=map_location)
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file, safe_open
@@ -339,6 +355,7 @@ def load_checkpoint(path: WeightsSpec, *, map_location: str | torch.device = "cp
                 meta = fh.metadata() or {}
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointMismatchError(f"{path} is not a readable safetensors file: {exc}") from exc
+        nested = json.loads(meta.pop(_NESTED, "[]"))
         for key, value in meta.items():
             if key == "format":
                 continue
@@ -346,7 +363,7 @@ def load_checkpoint(path: WeightsSpec, *, map_location: str | torch.device = "cp
                 tensors[key] = json.loads(value)
             except json.JSONDecodeError:
                 tensors[key] = value
-        return tensors
+        return _regroup(tensors, nested)  # written by save_checkpoint: rebuild its dicts
     try:
         with open(path, "rb") as fh:
             head = fh.read(4)
@@ -376,7 +393,80 @@ def load_checkpoint(path: WeightsSpec, *, map_location: str | torch.device = "cp
         raise CheckpointMismatchError(
             f"{path} holds a {type(obj).__name__}, but a dict of tensors was expected."
         )
+    try:
+        save_checkpoint(obj, _converted_copy(path))
+    except (CheckpointMismatchError, OSError) as exc:  # not convertible (or a read-only cache): read it as is
+        logger.info("kept %s as a pickle: %s", path, exc)
     return obj
+
+
+def _converted_copy(pickle_path: Path) -> Path:
+    """Where the safetensors copy of a pickled checkpoint is kept (a new copy when the pickle changes)."""
+    stat = pickle_path.stat()
+    key = hashlib.sha256(f"{pickle_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:24]
+    return cache_dir() / "converted" / key / f"{pickle_path.stem}.safetensors"
+
+
+def save_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write a checkpoint dict (an official pickle's content) as safetensors, atomically, such that
+    :func:`load_checkpoint` gives the same dict back: tensors as they are; dicts (at any depth) flattened
+    to ``"<key>.<name>"`` entries, each dict's key path recorded in the metadata; any other value as JSON
+    in the metadata (tuples come back as lists).
+
+    Raises:
+        CheckpointMismatchError: a value that is none of these, or keys that would collide once flattened.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors: dict[str, torch.Tensor] = {}
+    values: dict[str, Any] = {}
+    groups: list[list[str]] = []
+
+    def flatten(node: dict[str, Any], trail: list[str]) -> None:
+        for key, value in node.items():
+            name = ".".join([*trail, str(key)])
+            if isinstance(value, torch.Tensor):
+                tensors[name] = value
+            elif isinstance(value, dict) and any(isinstance(v, (torch.Tensor, dict)) for v in value.values()):
+                groups.append([*trail, str(key)])
+                flatten(value, [*trail, str(key)])
+            elif trail:
+                raise CheckpointMismatchError(f"entry {name!r} ({type(value).__name__}) sits in a dict of tensors; "
+                                              "it cannot be stored")
+            else:
+                values[name] = value
+    flatten(checkpoint, [])
+    if sorted(_regroup(dict.fromkeys(tensors), groups)) != sorted(k for k in checkpoint if k not in values):
+        raise CheckpointMismatchError(f"keys of {sorted(checkpoint)[:5]}... collide once flattened")
+    try:
+        metadata = {key: json.dumps(value) for key, value in values.items()}
+    except TypeError as exc:
+        raise CheckpointMismatchError(f"a non-tensor entry cannot be stored as JSON: {exc}") from exc
+    metadata[_NESTED] = json.dumps(groups)
+    storages: set[int] = set()
+    unique = {}
+    for key, tensor in tensors.items():  # safetensors stores each tensor on its own contiguous storage
+        tensor = tensor.detach()
+        pointer = tensor.untyped_storage().data_ptr()
+        if pointer in storages or not tensor.is_contiguous() or tensor.untyped_storage().nbytes() != tensor.nbytes:
+            tensor = tensor.contiguous().clone()
+        storages.add(pointer)
+        unique[key] = tensor.cpu()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    save_file(unique, str(temporary), metadata=metadata)
+    os.replace(temporary, path)
+    return path
+
+
+def _regroup(flat: dict[str, Any], groups: list[list[str]]) -> dict[str, Any]:
+    """Undo :func:`save_checkpoint`'s flattening: fold the entries of each recorded dict, deepest first."""
+    for trail in sorted(groups, key=len, reverse=True):
+        prefix = ".".join(trail) + "."
+        folded = {key[len(prefix):]: flat.pop(key) for key in [k for k in flat if k.startswith(prefix)]}
+        flat[".".join(trail)] = folded  # a parent, folded later, takes it in under its last name
+    return flat
 
 
 def split_prefixed(state: dict[str, Any], prefix: str) -> dict[str, Any]:
