@@ -22,10 +22,11 @@ from elqproj import imageio
 from elqproj.adapter_sets import official_lora_config
 from elqproj.colorfix import ColorFix
 from elqproj.errors import CheckpointMismatchError, InvalidInputError
-from elqproj.hub import load_checkpoint, nested_entry, resolve_file
+from elqproj.hub import load_checkpoint, nested_entry
 from elqproj.onestep import SD21_BASE, OneStepOutput, OneStepSD, prompts_for_batch
 from elqproj.tiling import TilingConfig
 from elqproj.value_range import signed_to_unit, unit_to_signed
+from elqproj.weights import COMPONENTS, resolve_weights
 
 from . import official_edge
 from .base import Restorer, RestorerCapabilities
@@ -33,7 +34,7 @@ from .base import Restorer, RestorerCapabilities
 __all__ = ["OSEDiffRestorer", "OSEDIFF_WEIGHTS_URL", "SD21_BASE"]
 
 #: The official weights ship inside the GitHub repository (no Hub release).
-OSEDIFF_WEIGHTS_URL = "https://github.com/cswry/OSEDiff/raw/main/preset/models/osediff.pkl"
+OSEDIFF_WEIGHTS_URL = COMPONENTS["osediff"].source
 
 # Official adapter names in osediff.pkl -> (component, our suffix)
 _UNET_LISTS = {
@@ -140,7 +141,7 @@ class OSEDiffRestorer(Restorer):
         """
         if kwargs:
             raise InvalidInputError(f"Unknown arguments for OSEDiff: {sorted(kwargs)}.")
-        path = resolve_file(weights or OSEDIFF_WEIGHTS_URL, revision=weights_revision, sha256=sha256)
+        path = resolve_weights(weights, "osediff", revision=weights_revision, sha256=sha256)
         ckpt = load_checkpoint(path)
         _check_osediff_checkpoint(ckpt, path)
         if engine is None:

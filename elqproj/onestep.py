@@ -37,31 +37,13 @@ from .devices import check_finite, check_seed, check_seeds, resolve_device_dtype
 from .hub import WeightsSpec, resolve_dir
 from .schedule import x0_from_epsilon
 from .text_encoding import LongPromptMode, PromptEncoder
+from .weights import COMPONENTS, sd_base_files
 
-__all__ = ["OneStepSD", "OneStepOutput", "LongPromptMode", "prompts_for_batch", "SD21_BASE", "SD_BASE_FILES",
-           "sd_base_files"]
-
-
-#: The Stable Diffusion 2.1-base the projector (and OSEDiff) run on: the one place this id is written.
-SD21_BASE = "stabilityai/stable-diffusion-2-1-base"
-
-#: Hub allow-patterns of the files read from a diffusers-layout SD base, per part (the root's
-#: ``model_index.json``, then each component folder). Restorers that need only some parts select them
-#: with :func:`sd_base_files`.
-SD_BASE_FILES: dict[str, tuple[str, ...]] = {
-    "model_index": ("model_index.json",),
-    "scheduler": ("scheduler/*.json",),
-    "tokenizer": ("tokenizer/*",),
-    "text_encoder": ("text_encoder/config.json", "text_encoder/model.safetensors"),
-    "unet": ("unet/config.json", "unet/diffusion_pytorch_model.safetensors"),
-    "vae": ("vae/config.json", "vae/diffusion_pytorch_model.safetensors"),
-}
+__all__ = ["OneStepSD", "OneStepOutput", "LongPromptMode", "prompts_for_batch", "SD21_BASE"]
 
 
-def sd_base_files(*parts: str) -> list[str]:
-    """The allow-patterns of the named parts of :data:`SD_BASE_FILES` (every part when none is named)."""
-    return [pattern for part in parts or SD_BASE_FILES for pattern in SD_BASE_FILES[part]]
-
+#: The Stable Diffusion 2.1-base the projector (and OSEDiff) run on (its entry in the weights table).
+SD21_BASE = COMPONENTS["sd21-base"].source
 
 _BASE_FILES = sd_base_files()
 _REQUIRED = ("unet/config.json", "vae/config.json", "text_encoder/config.json", "tokenizer", "scheduler")

@@ -33,10 +33,11 @@ from elqproj import imageio
 from elqproj.adapter_sets import official_lora_config
 from elqproj.colorfix import ColorFix
 from elqproj.errors import CheckpointMismatchError, InvalidInputError
-from elqproj.hub import load_checkpoint, resolve_file
+from elqproj.hub import load_checkpoint
 from elqproj.onestep import OneStepOutput, OneStepSD, prompts_for_batch
 from elqproj.tiling import TilingConfig
 from elqproj.value_range import signed_to_unit, unit_to_signed
+from elqproj.weights import COMPONENTS, resolve_weights
 
 from .. import official_edge
 from ..base import Restorer, RestorerCapabilities
@@ -61,14 +62,11 @@ __all__ = [
     "GUIDANCE_SCALE",
 ]
 
-S3DIFF_BASE = "stabilityai/sd-turbo"
+S3DIFF_BASE = COMPONENTS["sd-turbo"].source
 #: Hub repository ``zhangap/S3Diff``, file ``s3diff.pkl`` (what the official scripts download).
-S3DIFF_WEIGHTS = "zhangap/S3Diff/s3diff.pkl"
+S3DIFF_WEIGHTS = COMPONENTS["s3diff"].source
 #: The degradation estimator ships only inside the GitHub repository; pinned to the commit read.
-DE_NET_URL = (
-    "https://github.com/ArcticHare105/S3Diff/raw/6a2e0a47676f2f01fccdfd4e940077d3038d953e/"
-    "assets/mm-realsr/de_net.pth"
-)
+DE_NET_URL = COMPONENTS["de-net"].source
 # Official CLI defaults (--pos_prompt / --neg_prompt) and the guidance scale hard-coded in S3Diff.__init__.
 POSITIVE_PROMPT = (
     "A high-resolution, 8K, ultra-realistic image with sharp focus, vibrant colors, and natural lighting."
@@ -219,11 +217,11 @@ class S3DiffRestorer(Restorer):
         if kwargs:
             hint = " S3Diff's LoRA cannot be merged (it is modulated per image)." if "merge_lora" in kwargs else ""
             raise InvalidInputError(f"Unknown arguments for S3Diff: {sorted(kwargs)}.{hint}")
-        path = resolve_file(weights or S3DIFF_WEIGHTS, revision=weights_revision, sha256=sha256)
+        path = resolve_weights(weights, "s3diff", revision=weights_revision, sha256=sha256)
         ckpt = load_checkpoint(path)
         _check_s3diff_checkpoint(ckpt, path)
         modulator = DegradationModulator.from_official_checkpoint(ckpt)
-        estimator = DegradationEstimator.from_checkpoint(resolve_file(de_net or DE_NET_URL, sha256=de_net_sha256),
+        estimator = DegradationEstimator.from_checkpoint(resolve_weights(de_net, "de-net", sha256=de_net_sha256),
                                                          num_degradations=modulator.num_degradations)
         if engine is None:
             engine = OneStepSD.from_pretrained(base_model or S3DIFF_BASE, revision=revision, device=device,

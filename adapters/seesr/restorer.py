@@ -30,10 +30,10 @@ from torch import nn
 from elqproj import imageio
 from elqproj import tiling as tiling_mod
 from elqproj.colorfix import ColorFix
-from elqproj.errors import CheckpointMismatchError, InvalidInputError, WeightsNotFoundError
+from elqproj.errors import CheckpointMismatchError, InvalidInputError
 from elqproj.hub import WeightsSpec, resolve_dir
 from elqproj.devices import check_finite, resolve_device_dtype
-from elqproj.onestep import sd_base_files
+from elqproj.weights import COMPONENTS, fetch, sd_base_files
 from elqproj.prompts.base import PromptExtractor, PromptResult, load_prompt_extractor
 from elqproj.text_encoding import PromptEncoder
 from elqproj.value_range import signed_to_unit, unit_to_signed
@@ -58,10 +58,10 @@ __all__ = [
     "upscale_like_official",
 ]
 
-SD2_BASE = "stabilityai/stable-diffusion-2-base"
+SD2_BASE = COMPONENTS["sd2-base"].source
 #: The SeeSR weights (``seesr/unet``, ``seesr/controlnet``) and DAPE.pth are published on Google Drive and
 #: OneDrive only (README "Download the pretrained models"); there is no official Hub repository.
-SEESR_DOWNLOAD_PAGE = "https://drive.google.com/drive/folders/12HXrRGEXUAnmHRaf0bIn-S8XSK4Ku0JO"
+SEESR_DOWNLOAD_PAGE = "https://drive.google.com/drive/folders/" + COMPONENTS["seesr"].source
 OFFICIAL_ADDED_PROMPT = "clean, high-resolution, 8k"
 OFFICIAL_NEGATIVE_PROMPT = "dotted, noise, blur, lowres, smooth"
 _COLOR_FIXES = ("adain", "wavelet", "none")
@@ -138,7 +138,7 @@ class SeeSRRestorer(Restorer):
         code_licence="Apache-2.0",
         weights_licence="Apache-2.0 (SeeSR README: code and weights); base SD-2-base: CreativeML Open RAIL++-M",
         base_model=SD2_BASE,
-        default_weights=None,
+        default_weights="Google Drive folder " + COMPONENTS["seesr"].source + " (elqproj download seesr)",
         paper="Wu et al., SeeSR: Towards Semantics-Aware Real-World Image Super-Resolution, CVPR 2024 (arXiv:2311.16518)",
         supports_tiling=True,
         value_range="unit",
@@ -220,9 +220,10 @@ class SeeSRRestorer(Restorer):
 
         Args:
             weights: the SeeSR folder holding ``unet/`` and ``controlnet/`` (local directory or Hub id,
-                ``weights_revision`` applies). Required: the official weights are on Google Drive only
-                (:data:`SEESR_DOWNLOAD_PAGE`). The UNet file may be the full release or only its image
-                attentions (then the rest comes from ``base_model``'s UNet).
+                ``weights_revision`` applies; a folder written by ``elqproj convert seesr``). Default: the
+                official release, downloaded from Google Drive (:data:`SEESR_DOWNLOAD_PAGE`) through the
+                weights table (``elqproj download seesr``). The UNet file may be the full release or only
+                its image attentions (then the rest comes from ``base_model``'s UNet).
             base_model: the SD-2-base diffusers tree (Hub id or directory; default
                 ``stabilityai/stable-diffusion-2-base``); ``revision`` applies. Its scheduler,
                 tokenizer, text encoder and VAE are used.
@@ -245,12 +246,8 @@ class SeeSRRestorer(Restorer):
                 "weights_revision, device, dtype, prompt_extractor, prompt_extractor_weights, "
                 "prompt_extractor_options, tiling."
             )
-        if weights is None:
-            raise WeightsNotFoundError(
-                "SeeSR has no default download: its weights are published on Google Drive / OneDrive only "
-                f"({SEESR_DOWNLOAD_PAGE}). Download the 'seesr' folder (unet/ and controlnet/) and pass "
-                "weights='path/to/seesr'."
-            )
+        if weights is None:  # the official release, from Google Drive (through the weights table)
+            weights = fetch("seesr")
         dev, dt = resolve_device_dtype(device, dtype)
         base_spec: WeightsSpec = base_model or SD2_BASE
         seesr_dir = resolve_dir(weights, revision=weights_revision, allow_patterns=_SEESR_FILES,

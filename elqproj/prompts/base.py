@@ -119,7 +119,7 @@ PROMPT_EXTRACTORS: Registry[PromptExtractorFactory] = Registry(
         }),
         "dape": RegistryEntry("elqproj.prompts.ram:load_dape", {
             "description": "DAPE (SeeSR's degradation-aware RAM: RAM + LoRA); also gives SeeSR's image features",
-            "weights_note": "DAPE.pth is published on Google Drive only: download it and pass weights=",
+            "default_weights": "DAPE.pth from SeeSR's Google Drive (elqproj download dape)",
         }),
         "vlm": RegistryEntry("elqproj.prompts.vlm:load_vlm", {
             "description": "a vision-language model (transformers image-text-to-text) describing the restored "

@@ -1,8 +1,8 @@
 """RAM and DAPE prompt extractors: image tags as the prompt, plus the image features SeeSR consumes.
 
 ``load_prompt_extractor("ram")`` loads the released RAM (``ram_swin_large_14m.pth``) from the Hub;
-``load_prompt_extractor("dape", weights="DAPE.pth")`` adds SeeSR's degradation-aware LoRA on top (DAPE
-is published on Google Drive only, so its weights must be given). Both read the official checkpoints
+``load_prompt_extractor("dape")`` adds SeeSR's degradation-aware LoRA on top (``DAPE.pth``, published on
+Google Drive only, downloaded through the weights table, or given as ``weights=``). Both read the official checkpoints
 without executing code, infer the architecture from the tensor shapes (or take ``config=``), and tag
 with the official 4585-tag list and per-class thresholds.
 
@@ -27,6 +27,7 @@ from elqproj import hub
 from elqproj.errors import CheckpointMismatchError, ConfigError, WeightsNotFoundError
 from elqproj.devices import resolve_device_dtype
 from elqproj.prompts.base import PromptExtractor, PromptResult, image_list, move_module
+from elqproj.weights import COMPONENTS, resolve_weights
 from elqproj.prompts.ram_model import (
     RAMConfig,
     RAMModel,
@@ -52,7 +53,7 @@ __all__ = [
 
 #: The authors' Hub copy of the released RAM (Swin-L, 14M images). The RAM README also links a copy in
 #: the Space ``xinyu1205/recognize-anything`` (fetch it with ``hf_hub_download(..., repo_type="space")``).
-RAM_WEIGHTS = "xinyu1205/recognize_anything_model/ram_swin_large_14m.pth"
+RAM_WEIGHTS = COMPONENTS["ram"].source
 _RAM_DATA = ("https://raw.githubusercontent.com/xinyu1205/recognize-anything/"
              "7cb804a8609e9f4b1a50b7f31436d2df40bb9481/ram/data/")
 #: The official tag list (4585 English tags, one per line), pinned to a commit.
@@ -67,7 +68,7 @@ _SHA256 = {
     RAM_TAG_THRESHOLDS: "b6f81d0de1bc7f9c251af512c413eae976c77dbfbadf700d4e3d90510f4c6447",
 }
 #: Where SeeSR publishes DAPE.pth (Google Drive; there is no official Hub copy).
-DAPE_DOWNLOAD_PAGE = "https://drive.google.com/drive/folders/12HXrRGEXUAnmHRaf0bIn-S8XSK4Ku0JO"
+DAPE_DOWNLOAD_PAGE = "https://drive.google.com/file/d/" + COMPONENTS["dape"].source
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -258,13 +259,17 @@ class RAMTagger(PromptExtractor):
                 f"image_size={self.config.image_size}, preprocessing={self.preprocessing!r})")
 
 
-def _resolve_checkpoint(spec: Any, default_filename: str, revision: str | None, what: str) -> tuple[dict, str]:
-    """Read a checkpoint given as a file, a folder or Hub repo holding ``default_filename``, or a URL."""
-    text = os.fspath(spec)
-    names_a_folder = Path(text).expanduser().is_dir() or (
-        not Path(text).expanduser().exists() and "://" not in text and text.count("/") == 1
-    )
-    path = hub.resolve_file(spec, default_filename if names_a_folder else None, revision=revision)
+def _resolve_checkpoint(spec: Any, default_filename: str, revision: str | None, what: str, *,
+                        component: str) -> tuple[dict, str]:
+    """Read a checkpoint given as a file, a folder or Hub repo holding ``default_filename``, or a URL;
+    ``None``: ``component``'s default from the weights table."""
+    names_a_folder = False
+    if spec is not None:
+        text = os.fspath(spec)
+        names_a_folder = Path(text).expanduser().is_dir() or (
+            not Path(text).expanduser().exists() and "://" not in text and text.count("/") == 1
+        )
+    path = resolve_weights(spec, component, filename=default_filename if names_a_folder else None, revision=revision)
     return hub.load_checkpoint(path), f"{what} {path}"
 
 
@@ -278,8 +283,8 @@ def _resolve_config(config: RAMConfig | dict | str | os.PathLike | None, state: 
 
 def _read_ram_state(weights: Any, revision: str | None) -> tuple[dict[str, torch.Tensor], str]:
     """The official RAM state dict in ``weights`` (default :data:`RAM_WEIGHTS`) and where it was read."""
-    checkpoint, source = _resolve_checkpoint(RAM_WEIGHTS if weights is None else weights,
-                                             "ram_swin_large_14m.pth", revision, "RAM checkpoint")
+    checkpoint, source = _resolve_checkpoint(weights, "ram_swin_large_14m.pth", revision, "RAM checkpoint",
+                                             component="ram")
     return official_ram_state(checkpoint, source=source), source
 
 
@@ -384,19 +389,15 @@ def load_dape(
     :func:`load_ram`, plus:
 
     Args:
-        weights: ``DAPE.pth`` (or its safetensors copy): file, folder holding ``DAPE.pth``, Hub path or
-            URL. Required: SeeSR publishes it on Google Drive only (:data:`DAPE_DOWNLOAD_PAGE`).
+        weights: ``DAPE.pth`` (or its safetensors copy): file, folder holding ``DAPE.pth`` (or written by
+            ``elqproj convert dape``), Hub path or URL. Default: SeeSR's release on Google Drive
+            (:data:`DAPE_DOWNLOAD_PAGE`), downloaded through the weights table (``elqproj download dape``).
         ram_weights, ram_revision: the RAM checkpoint DAPE was trained on (default :data:`RAM_WEIGHTS`).
         preprocessing: defaults to ``"seesr"``, the resize SeeSR and OSEDiff apply before DAPE; their
             networks were trained on those image features.
     """
-    if weights is None:
-        raise WeightsNotFoundError(
-            "DAPE has no default download: SeeSR publishes DAPE.pth only on Google Drive "
-            f"({DAPE_DOWNLOAD_PAGE}). Download it and pass weights='path/to/DAPE.pth'."
-        )
+    lora, lora_source = _resolve_checkpoint(weights, "DAPE.pth", revision, "DAPE LoRA", component="dape")
     ram_state, ram_source = _read_ram_state(ram_weights, ram_revision)
-    lora, lora_source = _resolve_checkpoint(weights, "DAPE.pth", revision, "DAPE LoRA")
     state = merge_dape_lora(ram_state, lora, source=lora_source)
     return _build_tagger(state, f"{ram_source} + {lora_source}", name="dape", device=device, dtype=dtype,
                          config=config, tag_list=tag_list, tag_thresholds=tag_thresholds, threshold=threshold,

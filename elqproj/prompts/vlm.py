@@ -20,18 +20,19 @@ from elqproj import hub
 from elqproj.errors import CheckpointMismatchError, ConfigError, WeightsNotFoundError
 from elqproj.devices import resolve_device_dtype
 from elqproj.prompts.base import PromptExtractor, PromptResult, image_list, move_module
+from elqproj.weights import COMPONENTS, TRANSFORMERS_MODEL_FILES
 
 __all__ = ["VLMPromptExtractor", "load_vlm", "prompt_phrases", "DEFAULT_VLM", "DEFAULT_INSTRUCTION"]
 
 #: Default model: SmolVLM-256M-Instruct (Apache-2.0, 256M parameters, native in transformers).
-DEFAULT_VLM = "HuggingFaceTB/SmolVLM-256M-Instruct"
+DEFAULT_VLM = COMPONENTS["smolvlm"].source
 #: What the model is asked for every image.
 DEFAULT_INSTRUCTION = (
     "Describe the image as if its degradations were removed. Answer with a short comma-separated list of "
     "keywords for the objects, materials, colours and scene of the clean photo."
 )
 # Files a model repository needs for from_pretrained (skips ONNX / GGUF exports that some repos carry).
-_MODEL_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
+_MODEL_FILES = TRANSFORMERS_MODEL_FILES
 
 # Phrase boundaries: lines, semicolons, bars, bullets, commas, and sentence ends (a period after a
 # digit is list numbering, "1. cat", and stays).

@@ -86,8 +86,8 @@ def test_loader_rejects_unknown_options():
         load_restorer("seesr", weights=SEESR_DIR, base_model=TINY_SD21, device="cpu", lora_scale=1.0)
 
 
-def test_loader_without_weights_points_to_the_download_page():
-    with pytest.raises(WeightsNotFoundError, match="drive.google.com"):
+def test_loader_without_weights_offline_names_the_drive_folder_and_the_download_command():
+    with pytest.raises(WeightsNotFoundError, match=r"drive.google.com.*elqproj download seesr"):
         load_restorer("seesr", base_model=TINY_SD21, device="cpu")
 
 

@@ -66,7 +66,7 @@ def test_unknown_name_lists_the_known_ones():
 
 
 def test_describe_tells_where_dape_comes_from():
-    assert "Google Drive" in describe_prompt_extractor("DAPE")["weights_note"]
+    assert "Google Drive" in describe_prompt_extractor("DAPE")["default_weights"]
 
 
 def test_none_gives_the_empty_prompt_for_every_image():
@@ -220,4 +220,4 @@ def test_the_registry_shows_the_default_weights_the_loaders_use():
 
     assert describe_prompt_extractor("ram")["default_weights"] == RAM_WEIGHTS
     assert describe_prompt_extractor("vlm")["default_weights"] == DEFAULT_VLM
-    assert describe_prompt_extractor("dape")["default_weights"] is None
+    assert "elqproj download dape" in describe_prompt_extractor("dape")["default_weights"]  # from the weights table

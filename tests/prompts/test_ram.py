@@ -222,8 +222,8 @@ def test_dape_changes_the_tagger_outputs(tiny_ram, ram, tmp_path):
         assert not torch.allclose(dape.model(pixels).logits, ram.model(pixels).logits)
 
 
-def test_dape_needs_weights_and_says_where_they_are():
-    with pytest.raises(WeightsNotFoundError, match="Google Drive"):
+def test_dape_offline_without_weights_says_where_they_come_from_and_how_to_get_them():
+    with pytest.raises(WeightsNotFoundError, match=r"Google Drive.*elqproj download dape"):
         load_prompt_extractor("dape")
 
 
