@@ -224,6 +224,65 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_download(args: argparse.Namespace) -> int:
+    from .weights import COMPONENTS, fetch
+
+    if args.list:
+        rows = _weights_rows()
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        print(f"{'component':<10} {'cached':<6} {'size':>8}  {'licence':<40} used by / where")
+        for row in rows:
+            print(f"{row['name']:<10} {'yes' if row['cached'] else 'no':<6} {row['size']:>8}  {row['licence'][:40]:<40} "
+                  f"{', '.join(row['used_by'])}")
+            print(f"{'':<10} {row['path'] or row['source']}")
+        return 0
+    names = list(COMPONENTS) if args.all else args.names
+    if not names:
+        raise InvalidInputError("Name the components to download (elqproj download --list shows them), or --all.")
+    failures = _Failures()
+    for name in names:
+        try:
+            path = fetch(name, progress=not args.quiet)
+        except ElqprojError as exc:  # the other components still come
+            failures(Path(name), exc)
+            continue
+        print(f"{name}: {path}")
+    return failures.report(len(names))
+
+
+def _weights_rows() -> list[dict[str, Any]]:
+    """One row per component of the weights table: cached (and where), download size, licence, users."""
+    from .weights import COMPONENTS, cached_path
+
+    rows = []
+    for component in COMPONENTS.values():
+        path = cached_path(component.name)
+        rows.append({"name": component.name, "cached": path is not None, "path": str(path) if path else None,
+                     "size": component.size, "licence": component.licence, "used_by": component.used_by,
+                     "source": component.source, "kind": component.kind})
+    return rows
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .conversion import convert_component, push_folder
+
+    if args.to is None and args.push_to_hub is None:
+        raise InvalidInputError("Give --to DIR (the folder to write) and/or --push-to-hub ORG/NAME.")
+    if args.to is not None:
+        folder = convert_component(args.name, args.source, args.to)
+        print(f"{args.name}: written to {folder}")
+    else:
+        import tempfile
+
+        folder = convert_component(args.name, args.source, Path(tempfile.mkdtemp(prefix=f"elqproj-{args.name}-")))
+    if args.push_to_hub:
+        url = push_folder(folder, args.push_to_hub, revision=args.revision, private=args.private)
+        print(f"{args.name}: uploaded to {args.push_to_hub}" + (f" ({args.revision})" if args.revision else "") + f": {url}")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .training.command import run
 
@@ -310,7 +369,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     devices = {"cuda": torch.cuda.is_available(),
                "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
                "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())}
-    info = {"versions": versions, "devices": devices, "backends": backends}
+    weights = _weights_rows()
+    info = {"versions": versions, "devices": devices, "backends": backends, "weights": weights}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -329,6 +389,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
               f"{'tiling' if cap['supports_tiling'] else 'no tiling'}, sides a multiple of {cap['size_multiple']} px; "
               f"base {cap['base_model']}")
         print(f"  {'':<10} code {cap['code_licence']}; weights {cap['weights_licence']}")
+    print("weights (elqproj download --list):")
+    for row in weights:
+        print(f"  {row['name']:<10} {'cached' if row['cached'] else 'not cached':<11} {row['size']:>8}, "
+              f"used by {', '.join(row['used_by'])}")
     return 0
 
 
@@ -440,6 +504,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"])
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=_cmd_tag)
+
+    p = sub.add_parser("download", help="download official weights into the cache (resumable, verified)")
+    p.add_argument("names", nargs="*", help="components (see --list), e.g. seesr dape")
+    p.add_argument("--all", action="store_true", help="every component (over 17 GB)")
+    p.add_argument("--list", action="store_true", help="what is cached, where, sizes, licences, users")
+    p.add_argument("--json", action="store_true", help="--list as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_download)
+
+    p = sub.add_parser("convert", help="official weights -> a Hub-ready folder (safetensors + model card)")
+    p.add_argument("name", help="component (osediff, s3diff, de-net, seesr, dape, ram)")
+    p.add_argument("--from", dest="source", required=True, help="the official file, or the folder holding it")
+    p.add_argument("--to", default=None, help="the folder to write")
+    p.add_argument("--push-to-hub", default=None, metavar="ORG/NAME", help="upload the folder to this Hub repository")
+    p.add_argument("--revision", default=None, help="the Hub branch to upload to (created when missing)")
+    p.add_argument("--private", action="store_true", help="create the Hub repository private")
+    p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("train", help="train a projector with the IRIB objective (docs/training.md)")
     from .training.command import add_arguments as add_train_arguments

@@ -87,6 +87,12 @@ def test_bad_lfo_value_is_rejected_by_the_parser(tmp_path):
         main(["restore", "x.png", "-o", "y.png", "--lfo", "twice"])
 
 
+def test_info_says_which_weights_are_cached(capsys):
+    assert main(["info"]) == 0
+    weights = capsys.readouterr().out.split("\nweights")[1]
+    assert "sd21-base" in weights and "dape       not cached" in weights  # the tests' caches hold no DAPE
+
+
 def test_info_lists_backends_with_licences(capsys):
     assert main(["info"]) == 0
     text = capsys.readouterr().out
@@ -98,7 +104,8 @@ def test_info_lists_backends_with_licences(capsys):
 
 def test_info_says_which_restorers_tile_and_what_sizes_they_take(capsys):
     assert main(["info"]) == 0
-    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")
+    backends = capsys.readouterr().out.split("\nweights")[0]  # the section before the weights table
+    lines = {line.split()[0]: line for line in backends.splitlines() if line.startswith("  ")
              and line.split()[0] in ("osediff", "s3diff", "seesr")}
     assert "sides a multiple of 64 px" in lines["s3diff"] and "sides a multiple of 8 px" in lines["osediff"]
     assert all(", tiling," in line for line in lines.values())  # the three built-ins all tile

@@ -1,7 +1,7 @@
 """Golden parity: the official OSEDiff code on tiny random weights (shared/golden/osediff).
 
 The official checkpoint (osediff.pkl) is loaded through ``load_restorer`` exactly as a user loads the
-real file, on top of the tiny SD2.1-base fixture; every case recorded in case.json is reproduced within
+real file (and, once more, from the folder ``elqproj convert osediff`` writes of it), on top of the tiny SD2.1-base fixture; every case recorded in case.json is reproduced within
 the README's tolerance: the float intermediates of the model and the uint8 images of the full PIL path
 for every colour fix.
 """
@@ -17,6 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from elqproj import load_restorer
+from elqproj.conversion import convert_component
 from tests.conftest import TINY_SD21, golden_set
 from tests.golden.parity import assert_adain_uint8_close, assert_uint8_close
 
@@ -30,9 +31,13 @@ LARGE = {"x0_pred"}  # README: atol 1e-3 for the large-magnitude latents
 UINT8_MAX_FRACTION = 0.005  # README: |diff| <= 1 on at most 0.5 % of the values
 
 
-@pytest.fixture(scope="module")
-def restorer():
-    return load_restorer("osediff", weights=GOLDEN / "osediff.pkl", base_model=TINY_SD21, device="cpu")
+@pytest.fixture(scope="module", params=["official", "converted"])
+def restorer(request, tmp_path_factory):
+    """The official osediff.pkl, and the folder `elqproj convert osediff` makes of it."""
+    weights = GOLDEN / "osediff.pkl"
+    if request.param == "converted":
+        weights = convert_component("osediff", weights, tmp_path_factory.mktemp("converted") / "osediff")
+    return load_restorer("osediff", weights=weights, base_model=TINY_SD21, device="cpu")
 
 
 def _case(name: str) -> dict:

@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from elqproj.conversion import convert_component
 from elqproj.prompts import PromptResult, load_prompt_extractor
 from elqproj.prompts.ram import RAMTagger, ram_pixel_values
 from tests.conftest import golden_set
@@ -115,6 +116,23 @@ def test_golden_ram_safetensors_copies_load_the_same_weights(model):
     assert from_safetensors.config == from_pth.config
     for key, value in from_pth.model.state_dict().items():
         assert torch.equal(from_safetensors.model.state_dict()[key], value), key
+
+
+@pytest.mark.golden
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: f"golden-ram-{m}-converted-folder")
+def test_golden_ram_converted_folders_load_the_same_weights(model, tmp_path):
+    """`elqproj convert ram` / `elqproj convert dape` folders give the official weights back."""
+    files = {"tag_list": TAGS, "tag_thresholds": THRESHOLDS}
+    ram = convert_component("ram", GOLDEN / "ram_tiny.pth", tmp_path / "ram")
+    if model == "ram":
+        converted = load_prompt_extractor("ram", weights=ram, **files)
+    else:
+        dape = convert_component("dape", GOLDEN / "dape_tiny.pth", tmp_path / "dape")
+        converted = load_prompt_extractor("dape", weights=dape, ram_weights=ram, **files)
+    official = _load(model)
+    assert converted.config == official.config
+    for key, value in official.model.state_dict().items():
+        assert torch.equal(converted.model.state_dict()[key], value), key
 
 
 @pytest.mark.golden

@@ -22,6 +22,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from elqproj import load_restorer
+from elqproj.conversion import convert_component
 from elqproj.adapters.s3diff import NEGATIVE_PROMPT, POSITIVE_PROMPT, S3DiffRestorer
 from elqproj.tiling import TilingConfig, tile_origins
 from tests.conftest import TINY_SD21, golden_set
@@ -75,10 +76,15 @@ def _tiling(case: str) -> TilingConfig:
     return TilingConfig(latent_tile=info["latent_tiled_size"], latent_overlap=info["latent_tiled_overlap"])
 
 
-@pytest.fixture(scope="module")
-def restorer() -> S3DiffRestorer:
-    return load_restorer("s3diff", weights=GOLDEN / "s3diff.pkl", de_net=GOLDEN / "de_net.pth",
-                         base_model=TINY_SD21, device="cpu")
+@pytest.fixture(scope="module", params=["official", "converted"])
+def restorer(request, tmp_path_factory) -> S3DiffRestorer:
+    """The official s3diff.pkl and de_net.pth, and the folders `elqproj convert` makes of them."""
+    weights, de_net = GOLDEN / "s3diff.pkl", GOLDEN / "de_net.pth"
+    if request.param == "converted":
+        folder = tmp_path_factory.mktemp("converted")
+        weights = convert_component("s3diff", weights, folder / "s3diff")
+        de_net = convert_component("de-net", de_net, folder / "de-net")
+    return load_restorer("s3diff", weights=weights, de_net=de_net, base_model=TINY_SD21, device="cpu")
 
 
 @cache

@@ -21,6 +21,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from elqproj import load_restorer
+from elqproj.conversion import convert_component
 from elqproj.adapters.seesr import SeeSRConditioning, guided_noise, official_prompt, predict_noise, upscale_like_official
 from elqproj.colorfix import apply_color_fix
 from elqproj.tiling import TilingConfig, gaussian_tile_weights, tile_origins, vae_decode, vae_encode
@@ -72,9 +73,13 @@ FEATURES = TENSORS["inputs/ram_encoder_hidden_states"]
 CONDITION = TENSORS["inputs/upscaled_lq_uint8_hwc"].permute(2, 0, 1)[None].float() / 255
 
 
-@pytest.fixture(scope="module")
-def restorer():
-    return load_restorer("seesr", weights=GOLDEN / "seesr", base_model=TINY_SD21, device="cpu")
+@pytest.fixture(scope="module", params=["official", "converted"])
+def restorer(request, tmp_path_factory):
+    """The official seesr folder, and the folder `elqproj convert seesr` makes of it."""
+    weights = GOLDEN / "seesr"
+    if request.param == "converted":
+        weights = convert_component("seesr", weights, tmp_path_factory.mktemp("converted") / "seesr")
+    return load_restorer("seesr", weights=weights, base_model=TINY_SD21, device="cpu")
 
 
 def _restore(restorer, case: str, color_fix: str, *, inject_initial_noise: bool):
