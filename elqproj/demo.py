@@ -6,7 +6,9 @@ the restorers g and prompt extractors Y given on the command line. Requests queu
 default: one GPU); uploads above ``max_upload_mb`` are refused by the server, images above the pixel
 budget by the pipeline, and every error reaches the page as its message, never as a stack trace.
 
-The Restore button is also an API endpoint (``api_name="restore"``) for ``gradio_client``::
+The Batch tab restores many files with the same settings through :func:`elqproj.archive.restore_files` (a
+bad file is reported in its row; the results and the manifest come back as a zip). Both buttons are API
+endpoints for ``gradio_client`` (``"/restore"``, ``"/restore_batch"``)::
 
     from gradio_client import Client, handle_file
     client = Client("http://127.0.0.1:7860/")
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -103,6 +106,36 @@ class DemoDefaults:
     prompt_text: str = ""
     process_size: int = 512
     max_pixels: int | None = None
+    max_batch_files: int = 50
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The controls of one request, checked: the pipeline to run and its call options."""
+
+    pipeline: RestorationPipeline
+    call: dict[str, Any]
+    seed: int | None
+
+
+def _settings(models: DemoModels, defaults: DemoDefaults, backend: str, prompt_mode: str, prompt_text: str,
+              lfo: str, seed: float | None, upscale: float, color_fix: str, tiling: str) -> _Settings:
+    """The page's controls -> the pipeline and its call options.
+
+    Raises:
+        InvalidInputError: a value the controls do not offer, or mode 'text' without a text.
+    """
+    if lfo not in LFO_CHOICES:
+        raise InvalidInputError(f"LFO must be one of {LFO_CHOICES}, got {lfo!r}.")
+    if color_fix not in COLOR_FIX_CHOICES:
+        raise InvalidInputError(f"colour fix must be one of {COLOR_FIX_CHOICES}, got {color_fix!r}.")
+    if prompt_mode == PROMPT_TEXT and not (prompt_text or "").strip():
+        raise InvalidInputError("The prompt mode is 'text': type a prompt, or choose another mode.")
+    call = {"prompt": prompt_text if prompt_mode == PROMPT_TEXT else None, "lfo": lfo if lfo == "auto" else int(lfo),
+            "upscale": int(upscale), "process_size": defaults.process_size, "max_pixels": defaults.max_pixels,
+            "restorer_options": {} if color_fix == "official" else {"color_fix": color_fix}}
+    return _Settings(models.pipeline(backend, prompt_mode, tiling), call,
+                     None if seed is None or seed == "" else int(seed))
 
 
 def restore_request(models: DemoModels, defaults: DemoDefaults, upload: str | None, backend: str, prompt_mode: str,
@@ -119,24 +152,61 @@ def restore_request(models: DemoModels, defaults: DemoDefaults, upload: str | No
     """
     if not upload:
         raise InvalidInputError("Upload an image first (or pick an example).")
-    if lfo not in LFO_CHOICES:
-        raise InvalidInputError(f"LFO must be one of {LFO_CHOICES}, got {lfo!r}.")
-    if color_fix not in COLOR_FIX_CHOICES:
-        raise InvalidInputError(f"colour fix must be one of {COLOR_FIX_CHOICES}, got {color_fix!r}.")
-    if prompt_mode == PROMPT_TEXT and not (prompt_text or "").strip():
-        raise InvalidInputError("The prompt mode is 'text': type a prompt, or choose another mode.")
-    seed_value = None if seed is None or seed == "" else int(seed)
-    pipe = models.pipeline(backend, prompt_mode, tiling)
+    settings = _settings(models, defaults, backend, prompt_mode, prompt_text, lfo, seed, upscale, color_fix, tiling)
     image = imageio.load_image(upload, max_pixels=defaults.max_pixels)
-    options = {} if color_fix == "official" else {"color_fix": color_fix}
-    result = pipe(image, prompt=prompt_text if prompt_mode == PROMPT_TEXT else None,
-                  lfo=lfo if lfo == "auto" else int(lfo), seed=seed_value, upscale=int(upscale),
-                  process_size=defaults.process_size, restorer_options=options, max_pixels=defaults.max_pixels)
+    result = settings.pipeline(image, seed=settings.seed, **settings.call)
     restored = _as_rgb(result.image)
     before = _as_rgb(image).resize(restored.size, Image.Resampling.BICUBIC)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    download = imageio.save_image(result.image, Path(tempfile.mkdtemp(dir=output_dir)) / f"{Path(upload).stem}_restored.png")
+    download = imageio.save_image(result.image, Path(tempfile.mkdtemp(dir=_made(output_dir))) /
+                                  f"{Path(upload).stem}_restored.png")
     return (before, restored), _as_rgb(result.lq), prompt_trace(result.prompts), timings_table(result.timings), str(download)
+
+
+def restore_batch_request(models: DemoModels, defaults: DemoDefaults, uploads: list[str] | None, backend: str,
+                          prompt_mode: str, prompt_text: str, lfo: str, seed: float | None, upscale: float,
+                          color_fix: str, tiling: str, output_dir: Path
+                          ) -> tuple[list[tuple[str, str]], list[list[Any]], str]:
+    """The Batch tab's Restore all: every uploaded file through
+    :func:`~elqproj.archive.restore_files` (a bad file is reported in the table, the others are restored;
+    each image's seed derives from the seed and its file name, as in ``elqproj restore``).
+
+    Returns:
+        ``(gallery of (result path, file name), table rows [file, status, seconds, prompt or error],
+        path of a zip of the results and manifest.jsonl)``.
+    """
+    from .archive import restore_files
+    from .manifest import MANIFEST_NAME
+
+    if not uploads:
+        raise InvalidInputError("Upload one or more images first.")
+    if len(uploads) > defaults.max_batch_files:
+        raise InvalidInputError(f"{len(uploads)} files: this page restores at most {defaults.max_batch_files} at once; "
+                                "use `elqproj restore` for a whole folder.")
+    settings = _settings(models, defaults, backend, prompt_mode, prompt_text, lfo, seed, upscale, color_fix, tiling)
+    run = Path(tempfile.mkdtemp(dir=_made(output_dir), prefix="batch-"))
+    sources = [Path(upload) for upload in uploads]
+    names = [source.name for source in sources]
+    if len(set(names)) != len(names):
+        raise InvalidInputError("Two uploads have the same file name: rename one of them.")
+    results = run / "restored"
+    pairs = [(source, results / f"{source.stem}.png") for source in sources]
+    report = restore_files(settings.pipeline, pairs, manifest=results / MANIFEST_NAME, seed=settings.seed,
+                           num_workers=0, **settings.call)
+    gallery, rows = [], []
+    for source, target in pairs:
+        record = report.records[str(source)]
+        if record.status == "done":
+            gallery.append((str(target), source.name))
+            rows.append([source.name, "done", round(record.timings.get("total", 0.0), 3), record.prompts[-1]])
+        else:
+            rows.append([source.name, "failed", None, (record.error or "").replace(str(source), source.name)])
+    archive = shutil.make_archive(str(run / "restored"), "zip", root_dir=results)
+    return gallery, rows, archive
+
+
+def _made(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _as_rgb(image: Any) -> Image.Image:
@@ -172,27 +242,29 @@ def build_demo(models: DemoModels, *, defaults: DemoDefaults | None = None, exam
     defaults = defaults or DemoDefaults()
     out = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="elqproj-demo-"))
 
-    def restore(upload, backend, prompt_mode, prompt_text, lfo, seed, upscale, color_fix, tiling,
-                progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - gradio's way to ask for a progress bar
-        try:
-            return restore_request(models, defaults, upload, backend, prompt_mode, prompt_text, lfo, seed, upscale,
-                                   color_fix, tiling, out)
-        except ElqprojError as exc:  # named by the uploaded file's name, not gradio's temporary copy
-            message = str(exc).replace(str(upload), Path(upload).name) if upload else str(exc)
-            raise gr.Error(message, duration=None, print_exception=False) from None
-        except Exception as exc:  # noqa: BLE001 - the page shows a message; the log keeps the traceback
-            logger.exception("restoration failed")
-            raise gr.Error(f"Restoration failed ({type(exc).__name__}: {exc}); see the server log.",
-                           duration=None, print_exception=False) from None
+    def page_errors(handler):
+        """Run ``handler``; any error reaches the page as its message (never a stack trace)."""
+        def run(*inputs, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - gradio's way to ask for a bar
+            uploads = inputs[0] if isinstance(inputs[0], list) else [inputs[0]] if inputs[0] else []
+            try:
+                return handler(models, defaults, *inputs, output_dir=out)
+            except ElqprojError as exc:  # named by the uploaded files' names, not gradio's temporary copies
+                message = str(exc)
+                for upload in uploads:
+                    message = message.replace(str(upload), Path(upload).name)
+                raise gr.Error(message, duration=None, print_exception=False) from None
+            except Exception as exc:  # noqa: BLE001 - the page shows a message; the log keeps the traceback
+                logger.exception("restoration failed")
+                raise gr.Error(f"Restoration failed ({type(exc).__name__}: {exc}); see the server log.",
+                               duration=None, print_exception=False) from None
+        return run
 
     with gr.Blocks(title=title) as demo:
         gr.Markdown(f"## {title}\nUpload an extremely degraded photo, choose the restorer and the prompt, press "
-                    "**Restore**, then drag the slider to compare the input (left) with the result (right).")
+                    "**Restore**, then drag the slider to compare the input (left) with the result (right). The "
+                    "**Batch** tab restores many files at once with the same settings.")
         with gr.Row():
             with gr.Column(scale=1):
-                upload = gr.File(label="Image", file_types=["image"], type="filepath", elem_id="upload")
-                if examples:
-                    gr.Examples(examples=[[str(p)] for p in examples], inputs=[upload], label="Examples")
                 backend = gr.Dropdown(list(models.restorers), value=next(iter(models.restorers)), label="Restorer g",
                                       elem_id="backend")
                 first_mode = PROMPT_TEXT if defaults.prompt_text else models.prompt_modes[-1] if models.extractors \
@@ -209,16 +281,32 @@ def build_demo(models: DemoModels, *, defaults: DemoDefaults | None = None, exam
                     color_fix = gr.Dropdown(COLOR_FIX_CHOICES, value="official", label="Colour fix",
                                             elem_id="color-fix")
                     tiling = gr.Dropdown(TILING_CHOICES, value="auto", label="Tiling", elem_id="tiling")
-                run = gr.Button("Restore", variant="primary", elem_id="restore-button")
             with gr.Column(scale=2):
-                slider = gr.ImageSlider(label="Before / after", type="pil", format="png", elem_id="slider")
-                with gr.Row():
-                    lq = gr.Image(label="LQ proxy (f's output, g's input)", type="pil", format="png", elem_id="lq")
-                    download = gr.File(label="Result at full resolution", elem_id="download")
-                prompts = gr.Textbox(label="Prompt of every pass", lines=4, interactive=False, elem_id="prompts")
-                timings = gr.Markdown(elem_id="timings")
-        run.click(restore, inputs=[upload, backend, prompt_mode, prompt_text, lfo, seed, upscale, color_fix, tiling],
+                controls = [backend, prompt_mode, prompt_text, lfo, seed, upscale, color_fix, tiling]
+                with gr.Tab("One image"):
+                    upload = gr.File(label="Image", file_types=["image"], type="filepath", elem_id="upload")
+                    if examples:
+                        gr.Examples(examples=[[str(p)] for p in examples], inputs=[upload], label="Examples")
+                    run = gr.Button("Restore", variant="primary", elem_id="restore-button")
+                    slider = gr.ImageSlider(label="Before / after", type="pil", format="png", elem_id="slider")
+                    with gr.Row():
+                        lq = gr.Image(label="LQ proxy (f's output, g's input)", type="pil", format="png",
+                                      elem_id="lq")
+                        download = gr.File(label="Result at full resolution", elem_id="download")
+                    prompts = gr.Textbox(label="Prompt of every pass", lines=4, interactive=False, elem_id="prompts")
+                    timings = gr.Markdown(elem_id="timings")
+                with gr.Tab("Batch"):
+                    uploads = gr.File(label=f"Images (at most {defaults.max_batch_files})", file_count="multiple",
+                                      file_types=["image"], type="filepath", elem_id="batch-upload")
+                    run_all = gr.Button("Restore all", variant="primary", elem_id="batch-button")
+                    gallery = gr.Gallery(label="Results", elem_id="batch-gallery")
+                    table = gr.Dataframe(headers=["file", "status", "seconds", "prompt of g / error"],
+                                         interactive=False, elem_id="batch-table")
+                    archive = gr.File(label="All results (zip, with manifest.jsonl)", elem_id="batch-zip")
+        run.click(page_errors(restore_request), inputs=[upload, *controls],
                   outputs=[slider, lq, prompts, timings, download], api_name="restore")
+        run_all.click(page_errors(restore_batch_request), inputs=[uploads, *controls],
+                      outputs=[gallery, table, archive], api_name="restore_batch")
     return demo
 
 

@@ -9,10 +9,12 @@ screenshots there (docs/images/demo.png was taken that way).
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import socket
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ from elqproj.cli import main
 from elqproj.demo import DemoDefaults, DemoModels, build_demo, launch_demo, restore_request
 from elqproj.errors import InvalidInputError
 from elqproj.pipeline import RestorationPipeline
+from elqproj.seeding import file_seed
 from tests.conftest import OSEDIFF_GOLDEN_PKL, TINY_SD21
 
 pytestmark = pytest.mark.slow
@@ -148,6 +151,26 @@ def test_the_restore_endpoint_answers_gradio_client(server, tmp_path):
     assert Image.open(download).size == (128, 128) and Image.open(lq).size == (128, 128)
     assert [Image.open(p).size for p in slider] == [(128, 128), (128, 128)]
     assert "'a house'" in prompts and "| total |" in timings
+
+
+def test_the_batch_endpoint_restores_every_good_file_and_reports_the_bad_one(server, tmp_path):
+    from gradio_client import Client, handle_file
+
+    files = [_photo(tmp_path / "a.png", 40, 32), _photo(tmp_path / "b.png", 64, 64)]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    gallery, table, archive = Client(server, verbose=False).predict(
+        [handle_file(str(p)) for p in [*files, broken]], "osediff", "text", "a house", "0", 7, 1, "official", "auto",
+        api_name="/restore_batch")
+    rows = {row[0]: row for row in table["data"]}
+    assert rows["a.png"][1] == "done" and rows["b.png"][1] == "done" and rows["a.png"][3] == "a house"
+    assert rows["broken.jpg"][1] == "failed" and "image file 'broken.jpg'" in rows["broken.jpg"][3]
+    assert sorted(Image.open(item["image"]).size for item in gallery) == [(64, 64), (80, 64)]
+    with zipfile.ZipFile(archive) as bundle:
+        assert sorted(bundle.namelist()) == ["a.png", "b.png", "manifest.jsonl"]
+        seeds = {json.loads(line)["input"].rsplit("/", 1)[-1]: json.loads(line)["seed"]
+                 for line in bundle.read("manifest.jsonl").decode().splitlines()}
+    assert seeds["a.png"] == file_seed(7, "a.png")  # the same per-file seed as `elqproj restore --seed 7`
 
 
 def test_uploads_above_the_size_limit_are_refused(server, tmp_path):
