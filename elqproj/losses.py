@@ -153,7 +153,7 @@ def hq_fidelity_loss(
     *,
     perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
     lambda_l2: float = 1.0,
-    lambda_lpips: float = 2.0,
+    lambda_lpips: float = 1.0,
     lambda_blur: float = 0.5,
     sigma: float = 2.0,
     kernel_size: int | None = None,
@@ -164,7 +164,8 @@ def hq_fidelity_loss(
         restored: ẑ, ``(B, 3, H, W)`` in [-1, 1]; target: the HQ crop z, same shape and range.
         perceptual: LPIPS-like distance taking two [-1, 1] batches and returning per-image distances
             (any shape with B leading; averaged). Only called when ``lambda_lpips`` is not zero.
-        lambda_l2, lambda_lpips: OSEDiff's defaults (1 and 2); lambda_blur: the IRIB paper's 0.5.
+        lambda_l2, lambda_lpips: the IRIB paper's λ_l2 = λ_LPIPS = 1 (Appendix A; OSEDiff's own recipe
+            weighs LPIPS 2); lambda_blur: the paper's 0.5.
         sigma, kernel_size: the Gaussian G_k of the blurred term.
 
     Terms with a zero weight are not computed (reported as zero).

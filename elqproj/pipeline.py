@@ -65,6 +65,9 @@ class RestorationResult:
         lfo_stop: why LFO ran fewer passes than asked (``None`` when it ran them all): a pass's prompts
             equal the previous ones, so every further pass would repeat the same f pass (with
             ``lfo="auto"``: the tag sets no longer change).
+        hq_rounds: with ``return_rounds=True``, g's output on the LQ proxy of every projector pass, each
+            conditioned on Y of that proxy as the final one is (the paper's Figure 10: metric per LFO round):
+            (B,3,H,W) float tensors in [0,1] on the CPU, the last one ``image``'s; else ``None``.
     """
 
     image: Any
@@ -74,6 +77,7 @@ class RestorationResult:
     timings: dict[str, float] = field(default_factory=dict)
     lfo_passes: int = 0
     lfo_stop: str | None = None
+    hq_rounds: list[torch.Tensor] | None = None
 
 
 class _Stopwatch:
@@ -342,6 +346,7 @@ class RestorationPipeline:
         restorer_options: dict[str, Any] | None = None,
         progress: bool = True,
         max_pixels: int | None = None,
+        return_rounds: bool = False,
     ) -> RestorationResult:
         """Restore an extreme-LQ image.
 
@@ -372,6 +377,8 @@ class RestorationPipeline:
             max_pixels: the pixel budget of the size f and g process (after ``upscale`` and
                 ``process_size``), checked before anything is allocated; default ``ELQPROJ_MAX_PIXELS`` or
                 8192².
+            return_rounds: also run g on the LQ proxy of every earlier pass (``RestorationResult.hq_rounds``;
+                costs one more Y and g call per pass, timed as the "rounds" stage).
 
         Raises:
             ImageTooLargeError: the processed size exceeds ``max_pixels``.
@@ -453,6 +460,15 @@ class RestorationPipeline:
         prompts.append(result.texts)
         with clock("restore"):
             hq = self._restore(lq, result, seed=seed, progress=progress, options=dict(restorer_options or {}))
+        rounds = None
+        if return_rounds:  # g on every earlier pass's proxy, conditioned as the final pass is
+            rounds = []
+            for earlier in lq_passes[:-1]:
+                with clock("rounds"):
+                    condition = extract(earlier, features=self.restorer.capabilities.uses_image_features)
+                    rounds.append(self._restore(earlier, condition, seed=seed, progress=False,
+                                                options=dict(restorer_options or {})))
+            rounds.append(hq)
         bar.update(bar.total - bar.n)
         bar.close()
         clock.times["total"] = time.perf_counter() - start
@@ -468,6 +484,7 @@ class RestorationPipeline:
             timings=clock.times,
             lfo_passes=passes,
             lfo_stop=stop,
+            hq_rounds=None if rounds is None else [imageio.crop_padding(r.float().cpu(), pad) for r in rounds],
         )
 
     def restore_folder(self, inputs: Any, output_dir: str | os.PathLike, **options: Any) -> Any:

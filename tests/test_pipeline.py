@@ -72,6 +72,22 @@ def test_lfo_calls_the_extractor_k_plus_2_times_and_encodes_once(pipeline, lfo):
     assert set(res.timings) == {"prompt", "project", "restore", "total"} | ({"lfo"} if lfo else set())
 
 
+def test_return_rounds_gives_g_on_the_proxy_of_every_lfo_pass(pipeline):
+    """Figure 10's series: HQ after round k is g(x̂^k; Y(x̂^k)); the last round is the result itself."""
+    identity = IdentityRestorer()  # g(x) = x: each round's HQ must be that round's LQ proxy
+    tagger = ScriptedTagger(["a", "b", "c", "final", "round 1", "round 2"])
+    pipe = RestorationPipeline(identity, projector=pipeline.projector, prompt_extractor=tagger)
+    res = pipe(_elq(1), lfo=2, seed=0, process_size=0, return_rounds=True)
+    assert len(res.hq_rounds) == len(res.lq_passes) == 3
+    for hq, lq in zip(res.hq_rounds, res.lq_passes):
+        torch.testing.assert_close(hq, lq, atol=1e-6, rtol=0)
+    torch.testing.assert_close(res.hq_rounds[-1], res.image)
+    assert [call["prompts"] for call in identity.calls] == [["final"], ["round 1"], ["round 2"]]
+    torch.testing.assert_close(tagger.calls[4], res.lq_passes[0])  # Y of each earlier proxy conditions its g
+    assert "rounds" in res.timings
+    assert pipe(_elq(1), lfo=2, seed=0, process_size=0).hq_rounds is None  # only on request
+
+
 def test_every_pass_conditions_on_the_previous_lq(pipeline):
     tagger = ScriptedTagger(["a", "b", "c"])
     res = _with(pipeline, tagger)(_elq(), lfo=1, seed=0, process_size=0)

@@ -166,7 +166,7 @@ class LossSection(_Section):
     cfg_vsd: float = 7.5
     vsd_timesteps: tuple[int, int] = (20, 980)
     lambda_l2: float = Field(1.0, ge=0)
-    lambda_lpips: float = Field(2.0, ge=0)
+    lambda_lpips: float = Field(1.0, ge=0)  # the paper's λ_LPIPS (Appendix A); OSEDiff's own recipe uses 2
     lambda_blur: float = Field(0.5, ge=0)
     hq_blur_sigma: float = Field(2.0, gt=0)
     hq_blur_kernel_size: int | None = None

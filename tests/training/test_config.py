@@ -46,7 +46,7 @@ def test_defaults_without_a_file_are_the_paper_and_osediff_recipe():
     config = load_config(overrides={"data.train": "images"})
     assert (config.projector.lora_rank, config.optimizer.learning_rate, config.loss.lambda_blur,
             config.prompts.dropout, config.data.crop_size) == (4, 5e-5, 0.5, 0.3, 512)
-    assert (config.loss.lambda_l2, config.loss.lambda_lpips, config.loss.lambda_vsd, config.loss.cfg_vsd) == (1, 2, 1, 7.5)
+    assert (config.loss.lambda_l2, config.loss.lambda_lpips, config.loss.lambda_vsd, config.loss.cfg_vsd) == (1, 1, 1, 7.5)  # paper, App. A
     assert config.loss.lpips_net == "vgg" and config.loss.vsd_timesteps == (20, 980)
 
 
