@@ -324,3 +324,41 @@ def test_download_goes_on_past_a_failing_component_and_says_so(mirror, capsys):
     assert main(["download", "osediff", "de-net", "-q"]) == 1  # the mirror lacks osediff.pkl
     out, err = capsys.readouterr()
     assert "de-net:" in out and "osediff" in err and "HTTP 404" in err
+
+
+# ------------------------------------------- no weights argument at all
+
+
+@pytest.mark.slow
+def test_seesr_with_dape_restores_from_the_cache_with_no_weights_argument(tiny_sd21, tmp_path, monkeypatch):
+    """What `elqproj download seesr dape ram sd2-base sd21-base` leaves in the cache is all f, SeeSR and DAPE
+    need: offline, no weights argument anywhere (only the tiny tag list stands in for RAM's 4585 tags)."""
+    import shutil
+
+    from elqproj import Projector
+    from elqproj.weights import _target
+
+    import huggingface_hub.constants as constants
+
+    hub_cache = tmp_path / "hf"  # this test's own Hub cache: the other tests keep theirs without RAM and SD2
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    shutil.copytree(GOLDEN_DIR / "seesr" / "seesr", _target(COMPONENTS["seesr"]))
+    dape = _target(COMPONENTS["dape"])
+    dape.parent.mkdir(parents=True)
+    shutil.copy(GOLDEN_DIR / "ram" / "dape_tiny.pth", dape)
+    ram_repo, ram_file = COMPONENTS["ram"].source.rsplit("/", 1)
+    populate_hf_cache(hub_cache, ram_repo, {ram_file: GOLDEN_DIR / "ram" / "ram_tiny.pth"})
+    sd = {str(p.relative_to(tiny_sd21)): p for p in tiny_sd21.rglob("*") if p.is_file()}
+    for base in ("sd2-base", "sd21-base"):
+        populate_hf_cache(hub_cache, COMPONENTS[base].source, sd)
+    assert {name for name in ("seesr", "dape", "ram", "sd2-base", "sd21-base") if cached_path(name)} == {
+        "seesr", "dape", "ram", "sd2-base", "sd21-base"}
+
+    tags = {"tag_list": GOLDEN_DIR / "ram" / "tags" / "ram_tag_list.txt",
+            "tag_thresholds": GOLDEN_DIR / "ram" / "tags" / "ram_tag_list_threshold.txt"}
+    projector = Projector.from_base(device="cpu")  # the SD2.1-base from the cache
+    result = projector.restore(torch.rand(1, 3, 64, 64), backend="seesr", prompt_extractor="dape",
+                               prompt_extractor_options=tags, process_size=0, seed=0,
+                               restorer_options={"steps": 2})
+    assert tuple(result.image.shape) == (1, 3, 64, 64) and result.prompts[-1] != ""
