@@ -26,8 +26,8 @@ from .errors import IntegrityError, WeightsNotFoundError
 __all__ = ["download_url", "file_sha256", "record_checksum", "verify_recorded", "checksum_path"]
 
 _CHUNK = 1 << 20
-#: Files verified in this process: path -> (size, mtime_ns) when verified.
-_VERIFIED: dict[Path, tuple[int, int]] = {}
+#: Files hashed in this process: path -> (size, mtime_ns, sha256) when hashed.
+_HASHED: dict[Path, tuple[int, int, str]] = {}
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -48,13 +48,23 @@ def record_checksum(path: Path, sha256: str | None = None) -> str:
     """Record ``path``'s sha256 (computed unless given) beside it; returns it."""
     digest = sha256 or file_sha256(path)
     checksum_path(path).write_text(digest + "\n")
-    _VERIFIED[path] = _stamp(path)
+    _HASHED[path] = (*_stamp(path), digest)
     return digest
 
 
 def _stamp(path: Path) -> tuple[int, int]:
     stat = path.stat()
     return stat.st_size, stat.st_mtime_ns
+
+
+def _sha256_once(path: Path) -> str:
+    """``path``'s sha256, hashed again only when its size or modification time changed in this process."""
+    stamp = _stamp(path)
+    known = _HASHED.get(path)
+    if known is None or known[:2] != stamp:
+        known = (*stamp, file_sha256(path))
+        _HASHED[path] = known
+    return known[2]
 
 
 def verify_recorded(path: Path, *, expected: str | None = None, fix: str = "delete it and download it again") -> None:
@@ -67,16 +77,13 @@ def verify_recorded(path: Path, *, expected: str | None = None, fix: str = "dele
     record = checksum_path(path)
     if expected is None and not record.is_file():
         return
-    if _VERIFIED.get(path) == _stamp(path):
-        return
     wanted = (expected or record.read_text().strip()).lower()
-    actual = file_sha256(path)
+    actual = _sha256_once(path)
     if actual != wanted:
         raise IntegrityError(
             f"{path} is corrupt, truncated or not the expected release: its sha256 is {actual}, expected {wanted}. "
             f"To fix it, {fix}."
         )
-    _VERIFIED[path] = _stamp(path)
 
 
 def download_url(url: str, target: Path, *, sha256: str | None = None, progress: bool = True,
