@@ -64,6 +64,16 @@ def _isolated_caches(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture
+def url_downloads(monkeypatch) -> None:
+    """elqproj's own downloader may fetch from servers a test starts on 127.0.0.1, while huggingface_hub
+    stays offline (its offline flag is read once, at import, from the HF_HUB_OFFLINE=1 set above)."""
+    import huggingface_hub.constants as constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert constants.HF_HUB_OFFLINE, "huggingface_hub must stay offline in the tests"
+
+
 @pytest.fixture(scope="session")
 def tiny_sd21() -> Path:
     if not (TINY_SD21 / "model_index.json").is_file():

@@ -133,8 +133,7 @@ class _Server:
         self.httpd.server_close()
 
 
-def test_url_download_is_cached_and_checksummed(tmp_path, monkeypatch):
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+def test_url_download_is_cached_and_checksummed(tmp_path, url_downloads):
     served = tmp_path / "srv"
     served.mkdir()
     (served / "w.pth").write_bytes(b"weights")
@@ -146,8 +145,7 @@ def test_url_download_is_cached_and_checksummed(tmp_path, monkeypatch):
         assert resolve_file(f"{base}/w.pth", sha256=digest) == path
 
 
-def test_url_checksum_mismatch_leaves_no_file(tmp_path, monkeypatch):
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+def test_url_checksum_mismatch_leaves_no_file(tmp_path, url_downloads):
     served = tmp_path / "srv"
     served.mkdir()
     (served / "w.pth").write_bytes(b"tampered")
@@ -157,9 +155,8 @@ def test_url_checksum_mismatch_leaves_no_file(tmp_path, monkeypatch):
     assert cached == []  # neither the file nor a partial one
 
 
-def test_a_url_download_lands_at_its_cache_path(tmp_path, monkeypatch):
+def test_a_url_download_lands_at_its_cache_path(tmp_path, url_downloads):
     """url_cache_path tells where resolve_file keeps a URL's file (what an air-gapped machine is given)."""
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     (tmp_path / "w.bin").write_bytes(b"weights")
     with _Server(tmp_path) as base:
         url = f"{base}/w.bin"

@@ -1,7 +1,8 @@
 """Weights one command away: the table, downloads (progress, resume, checksums, mirror, offline, Google
 Drive's confirmation page), pickles converted once, ``elqproj convert`` and ``elqproj download``.
 
-Every download comes from a server started here on 127.0.0.1; Google Drive's hosts are routed to it.
+Every download comes from a server started here on 127.0.0.1; Google Drive's hosts are routed to it; Hub
+files come from local caches laid out as huggingface_hub lays them out (huggingface_hub stays offline).
 """
 
 from __future__ import annotations
@@ -81,9 +82,9 @@ class _Files(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def server(monkeypatch):
-    """The file server, online mode; yields its base URL. Tests put files in ``_Files.files``."""
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+def server(monkeypatch, url_downloads):
+    """The file server on 127.0.0.1 (Hub downloads stay offline); yields its base URL. Tests put files in
+    ``_Files.files``."""
     monkeypatch.setattr(_Files, "files", {})
     monkeypatch.setattr(_Files, "cut", {})
     monkeypatch.setattr(_Files, "log", [])
