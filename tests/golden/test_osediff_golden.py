@@ -17,9 +17,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from elqproj import load_restorer
-from elqproj.conversion import convert_component
 from tests.conftest import TINY_SD21, golden_set
 from tests.golden.parity import assert_adain_uint8_close, assert_uint8_close
+from tests.golden.sources import SOURCES, weights_from
 
 GOLDEN = golden_set("osediff")
 CASE_INFO = json.loads((GOLDEN / "case.json").read_text())
@@ -31,12 +31,10 @@ LARGE = {"x0_pred"}  # README: atol 1e-3 for the large-magnitude latents
 UINT8_MAX_FRACTION = 0.005  # README: |diff| <= 1 on at most 0.5 % of the values
 
 
-@pytest.fixture(scope="module", params=["official", "converted"])
+@pytest.fixture(scope="module", params=SOURCES)
 def restorer(request, tmp_path_factory):
     """The official osediff.pkl, and the folder `elqproj convert osediff` makes of it."""
-    weights = GOLDEN / "osediff.pkl"
-    if request.param == "converted":
-        weights = convert_component("osediff", weights, tmp_path_factory.mktemp("converted") / "osediff")
+    weights = weights_from(request.param, "osediff", GOLDEN / "osediff.pkl", tmp_path_factory)
     return load_restorer("osediff", weights=weights, base_model=TINY_SD21, device="cpu")
 
 

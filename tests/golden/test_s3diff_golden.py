@@ -22,11 +22,11 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from elqproj import load_restorer
-from elqproj.conversion import convert_component
 from elqproj.adapters.s3diff import NEGATIVE_PROMPT, POSITIVE_PROMPT, S3DiffRestorer
 from elqproj.tiling import TilingConfig, tile_origins
 from tests.conftest import TINY_SD21, golden_set
 from tests.golden.parity import assert_uint8_close
+from tests.golden.sources import SOURCES, weights_from
 
 GOLDEN = golden_set("s3diff")
 INFO = json.loads((GOLDEN / "case.json").read_text())
@@ -76,14 +76,11 @@ def _tiling(case: str) -> TilingConfig:
     return TilingConfig(latent_tile=info["latent_tiled_size"], latent_overlap=info["latent_tiled_overlap"])
 
 
-@pytest.fixture(scope="module", params=["official", "converted"])
+@pytest.fixture(scope="module", params=SOURCES)
 def restorer(request, tmp_path_factory) -> S3DiffRestorer:
     """The official s3diff.pkl and de_net.pth, and the folders `elqproj convert` makes of them."""
-    weights, de_net = GOLDEN / "s3diff.pkl", GOLDEN / "de_net.pth"
-    if request.param == "converted":
-        folder = tmp_path_factory.mktemp("converted")
-        weights = convert_component("s3diff", weights, folder / "s3diff")
-        de_net = convert_component("de-net", de_net, folder / "de-net")
+    weights = weights_from(request.param, "s3diff", GOLDEN / "s3diff.pkl", tmp_path_factory)
+    de_net = weights_from(request.param, "de-net", GOLDEN / "de_net.pth", tmp_path_factory)
     return load_restorer("s3diff", weights=weights, de_net=de_net, base_model=TINY_SD21, device="cpu")
 
 

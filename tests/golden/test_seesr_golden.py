@@ -21,12 +21,12 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from elqproj import load_restorer
-from elqproj.conversion import convert_component
 from elqproj.adapters.seesr import SeeSRConditioning, guided_noise, official_prompt, predict_noise, upscale_like_official
 from elqproj.colorfix import apply_color_fix
 from elqproj.tiling import TilingConfig, gaussian_tile_weights, tile_origins, vae_decode, vae_encode
 from tests.conftest import TINY_SD21, golden_set
 from tests.golden.parity import assert_adain_uint8_close, assert_uint8_close
+from tests.golden.sources import SOURCES, weights_from
 
 GOLDEN = golden_set("seesr")
 INFO = json.loads((GOLDEN / "case.json").read_text())
@@ -73,12 +73,10 @@ FEATURES = TENSORS["inputs/ram_encoder_hidden_states"]
 CONDITION = TENSORS["inputs/upscaled_lq_uint8_hwc"].permute(2, 0, 1)[None].float() / 255
 
 
-@pytest.fixture(scope="module", params=["official", "converted"])
+@pytest.fixture(scope="module", params=SOURCES)
 def restorer(request, tmp_path_factory):
     """The official seesr folder, and the folder `elqproj convert seesr` makes of it."""
-    weights = GOLDEN / "seesr"
-    if request.param == "converted":
-        weights = convert_component("seesr", weights, tmp_path_factory.mktemp("converted") / "seesr")
+    weights = weights_from(request.param, "seesr", GOLDEN / "seesr", tmp_path_factory)
     return load_restorer("seesr", weights=weights, base_model=TINY_SD21, device="cpu")
 
 
