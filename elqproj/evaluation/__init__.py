@@ -1,0 +1,1 @@
+"""Evaluation: the paper's protocol (datasets, ELQ synthesis, methods, metrics, reports)."""
