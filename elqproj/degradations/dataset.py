@@ -30,7 +30,7 @@ from .pipeline import DegradationPipeline
 from ..seeding import derive_seed
 from .sampling import RandomDraws
 
-__all__ = ["DegradationTripletDataset", "hq_image_tensor"]
+__all__ = ["DegradationTripletDataset", "hq_image_tensor", "center_crop_resized"]
 
 ImageItem = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 
@@ -78,6 +78,15 @@ def _resize_short_side(image: torch.Tensor, size: int) -> torch.Tensor:
     new_size = (max(size, round(height * factor)), max(size, round(width * factor)))
     resized = F.interpolate(image, size=new_size, mode="bicubic", antialias=True, align_corners=False)
     return resized.clamp(0, 1)
+
+
+def center_crop_resized(image: torch.Tensor, size: int) -> torch.Tensor:
+    """The paper's evaluation crop: ``(1, 3, H, W)`` → shorter side resized to ``size`` (antialiased
+    bicubic), then the centre ``(1, 3, size, size)``."""
+    image = _resize_short_side(image, size)
+    height, width = image.shape[-2:]
+    top, left = (height - size) // 2, (width - size) // 2
+    return image[:, :, top : top + size, left : left + size]
 
 
 class DegradationTripletDataset(torch.utils.data.Dataset):
@@ -161,14 +170,12 @@ class DegradationTripletDataset(torch.utils.data.Dataset):
 
     def _crop(self, image: torch.Tensor, draws: RandomDraws) -> torch.Tensor:
         size = self.crop_size
-        height, width = image.shape[-2:]
-        if self.crop == "center" or min(height, width) < size:
-            image = _resize_short_side(image, size)
-            height, width = image.shape[-2:]
         if self.crop == "center":
-            top, left = (height - size) // 2, (width - size) // 2
-        else:
-            top, left = draws.integer(0, height - size), draws.integer(0, width - size)
+            return center_crop_resized(image, size)
+        if min(image.shape[-2:]) < size:
+            image = _resize_short_side(image, size)
+        height, width = image.shape[-2:]
+        top, left = draws.integer(0, height - size), draws.integer(0, width - size)
         return image[:, :, top : top + size, left : left + size]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
