@@ -162,6 +162,23 @@ def _cmd_degrade(args: argparse.Namespace) -> int:
     return failures.report(len(written) + len(failures.failed))
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate, load_evaluation_config
+
+    config = load_evaluation_config(
+        args.config, data=args.data, split=args.split, limit=args.limit, size=args.size, degradation=args.preset,
+        seed=args.seed, methods=args.method, metrics=args.metrics, channel=args.channel, out=args.out,
+        device=args.device, dtype=args.dtype, complexity=args.complexity or None,
+    )
+    result = evaluate(config, progress=not args.quiet)
+    for spec in result.metrics:
+        print(f"{spec.label:>10}  {result.settings[spec.name]}")
+    print()
+    print((result.out / "summary.md").read_text(encoding="utf-8"))
+    print(f"report: {result.files['report.html']}")
+    return 0
+
+
 def _cmd_tag(args: argparse.Namespace) -> int:
     from . import imageio
     from .prompts import load_prompt_extractor
@@ -485,6 +502,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_degrade)
+
+    p = sub.add_parser("evaluate", help="the paper's evaluation: ELQ inputs, methods, metrics, tables, plots, report")
+    p.add_argument("--config", type=Path, default=None, help="a YAML evaluation config (configs/eval_*.yaml); flags override it")
+    p.add_argument("--data", default=None, help="a folder of HQ images, div2k-train / div8k-train, or a Hugging Face dataset id")
+    p.add_argument("--split", default=None, help="dataset split (Hugging Face datasets; default train)")
+    p.add_argument("--limit", type=_count(1), default=None, help="evaluate the first N images only")
+    p.add_argument("--size", type=int, default=None, help="short side resize + centre crop, pixels (default 512; 0: as they are)")
+    p.add_argument("--preset", default=None, help="ELQ degradation preset (default elq)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the ELQ inputs and of every method (default 0)")
+    p.add_argument("--method", action="append", default=None, metavar="SPEC",
+                   help="a method, repeatable: 'osediff' or 'projector=DIR,osediff,lfo=2' (docs/evaluation.md)")
+    p.add_argument("--metrics", nargs="+", default=None,
+                   help="psnr ssim lpips dists fid niqe musiq clipiqa (default: all of them)")
+    p.add_argument("--channel", choices=["y", "rgb"], default=None, help="PSNR/SSIM on the Y channel (default) or RGB")
+    p.add_argument("--out", default=None, help="output folder (default eval)")
+    p.add_argument("--complexity", action="store_true", help="also measure params, MACs and latency per stage (Table 5)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="model dtype (default fp32)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("selftest", help="check every part on this device and dtype with tiny random models "
                                         "(no download): the first command on a new machine")
