@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..errors import ConfigError
 from ..validation import ConfigModel
@@ -212,9 +212,20 @@ class RunSection(_Section):
     checkpoints_total_limit: int | None = Field(None, ge=1)
     validate_every: int = Field(500, ge=1)
     num_validation_images: int = Field(4, ge=0)
+    validation_metrics: list[str] = Field(default_factory=lambda: ["psnr", "ssim"])
     log_every: int = Field(10, ge=1)
     log_with: list[Literal["tensorboard", "wandb"]] = Field(default_factory=lambda: ["tensorboard"])
     tracker_project: str = "elqproj-irib"
+
+    @field_validator("validation_metrics")
+    @classmethod
+    def _per_image_metrics(cls, names: list[str]) -> list[str]:
+        from ..evaluation.metrics import metric_specs
+
+        if sets := [spec.name for spec in metric_specs(names) if spec.kind == "set"]:
+            raise ValueError(f"{', '.join(sets)} compares whole sets; a validation batch of a few images gives no "
+                             "meaningful value: use per-image metrics (psnr, ssim, lpips, dists, niqe, musiq, clipiqa)")
+        return names
 
 
 class TrainingConfig(_Section):

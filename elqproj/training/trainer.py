@@ -19,7 +19,6 @@ FSDP through ``accelerate config``) wraps the two trained modules.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,6 +181,12 @@ class IRIBTrainer:
         self.validation_batch = None
         if self.accelerator.is_main_process:  # a loaded Hugging Face dataset is reused, not loaded again
             self.validation_batch = build_validation_batch(config, rows=getattr(self.dataset, "rows", None))
+        self.validation_metrics = None
+        if self.validation_batch is not None:
+            from ..evaluation.metrics import MetricSuite
+
+            # The metrics of `elqproj evaluate`, on the CPU: a few images, and no GPU memory taken from training.
+            self.validation_metrics = MetricSuite(config.training.validation_metrics, device="cpu")
 
         if self.resume_dir is not None:
             self.accelerator.load_state(str(self.resume_dir))
@@ -504,7 +509,9 @@ class IRIBTrainer:
     @torch.no_grad()
     def validate(self) -> Path | None:
         """Main process: run the fixed validation batch, save a grid PNG (rows: ELQ | f(ELQ) | g(f(ELQ)) |
-        LQ target | HQ; the baseline omits f and LQ), log it and the PSNR of g's output to the trackers."""
+        LQ target | HQ; the baseline omits f and LQ), log it and the mean of each of
+        ``training.validation_metrics`` on g's 8-bit output (``validation/<metric>``, as ``elqproj evaluate``
+        computes them) to the trackers."""
         if self.validation_batch is None:
             self.accelerator.wait_for_everyone()
             return None
@@ -514,7 +521,7 @@ class IRIBTrainer:
         from ..imageio import save_image
 
         batch = self.validation_batch
-        rows, psnrs = [], []
+        rows, scores = [], []
         for index in range(batch["hq"].shape[0]):
             item = {key: value[index:index + 1] for key, value in batch.items()}
             generator = torch.Generator().manual_seed(self.config.seed)
@@ -528,9 +535,8 @@ class IRIBTrainer:
                     restored = self.restorer.training_forward(first, self.restorer.encode_prompt(prompts),
                                                               generator=generator).image
                     middle = [first]
-            restored01 = signed_to_unit(restored.float().cpu()).clamp(0, 1)
-            mse = torch.mean((restored01 - item["hq"]) ** 2).item()
-            psnrs.append(10 * math.log10(1 / max(mse, 1e-12)))
+            restored01 = (signed_to_unit(restored.float().cpu()).clamp(0, 1) * 255).round() / 255  # what the PNG holds
+            scores.append(self.validation_metrics.score(restored01, item["hq"]))
             shown = [item["elq"]] + [signed_to_unit(m.float().cpu()).clamp(0, 1) for m in middle] + [restored01]
             if self.restorer is not None:
                 shown.append(item["lq"])
@@ -539,7 +545,7 @@ class IRIBTrainer:
         grid = make_grid(torch.cat(rows), nrow=columns, padding=2)
         path = self.output_dir / "validation" / f"step-{self.global_step:07d}.png"
         save_image(to_pil_image(grid), path)
-        values = {"validation/psnr": sum(psnrs) / len(psnrs)}
+        values = {f"validation/{name}": sum(score[name] for score in scores) / len(scores) for name in scores[0]}
         self.accelerator.log(values, step=self.global_step)
         for tracker in self.accelerator.trackers:
             if tracker.name == "tensorboard":

@@ -245,3 +245,29 @@ def test_cli_evaluate_prints_settings_and_table(tmp_path, projector_dir, capsys)
 def test_cli_evaluate_without_methods_is_a_usage_error(tmp_path, capsys):
     assert main(["evaluate", "--data", str(_photos(tmp_path / "p", 1))]) == 2
     assert "--method" in capsys.readouterr().err
+
+
+def test_complexity_writes_table_5_for_every_method(tmp_path, projector_dir):
+    config = _config(tmp_path, projector_dir, complexity=True, complexity_size=SIZE, limit=1)
+    result = evaluate(config, progress=False)
+    rows = _csv(result.out / "complexity.csv")
+    assert [row["method"] for row in rows] == ["OSEDiff", "Ours LFO×1"]
+    g_alone, ours = rows
+    assert float(ours["gmacs_lfo"]) > 0 and float(g_alone["gmacs_lfo"]) == 0
+    assert float(ours["gmacs_total"]) > float(g_alone["gmacs_total"])
+    assert "Complexity (Table 5)" in (result.out / "report.html").read_text()
+    assert (result.out / "complexity.md").read_text().count("\n| ") >= 2
+
+
+def test_a_saved_hugging_face_dataset_is_read_in_row_order(tmp_path):
+    import datasets
+
+    files = sorted(_photos(tmp_path / "photos", count=3).glob("*.png"))
+    rows = datasets.Dataset.from_dict({"picture": [str(f) for f in files]}).cast_column("picture", datasets.Image())
+    rows.save_to_disk(tmp_path / "saved")
+    images = open_dataset(tmp_path / "saved", image_column="picture")
+    assert [image.name for image in images] == ["0001", "0002", "0003"]
+    expected = np.asarray(Image.open(files[1]), dtype=np.float32) / 255
+    assert np.allclose(images[1].load()[0].permute(1, 2, 0).numpy(), expected)
+    with pytest.raises(ConfigError, match="column"):
+        open_dataset(tmp_path / "saved")

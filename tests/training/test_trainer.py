@@ -236,3 +236,20 @@ def test_a_tracker_whose_package_is_missing_is_a_config_error(tmp_path, train_im
 def test_too_few_images_for_a_batch_is_a_config_error(tmp_path, train_images):
     with pytest.raises(ConfigError, match="no full batch"):
         IRIBTrainer(tiny_config(tmp_path, train_images, **{"data.batch_size": 3}))
+
+
+def test_validation_logs_the_evaluation_metrics_of_the_restored_batch(trainer, monkeypatch):
+    logged = {}
+    monkeypatch.setattr(trainer.accelerator, "log", lambda values, step: logged.update(values))
+    scored = []
+    real_score = trainer.validation_metrics.score
+    monkeypatch.setattr(trainer.validation_metrics, "score", lambda x, ref: scored.append(real_score(x, ref)) or scored[-1])
+    trainer.validate()
+    assert set(logged) == {"validation/psnr", "validation/ssim"}
+    assert len(scored) == trainer.validation_batch["hq"].shape[0]
+    assert logged["validation/psnr"] == pytest.approx(sum(s["psnr"] for s in scored) / len(scored))
+
+
+def test_a_set_metric_cannot_be_a_validation_metric(tmp_path, train_images):
+    with pytest.raises(ConfigError, match="fid compares whole sets"):
+        tiny_config(tmp_path, train_images, **{"training.validation_metrics": ["psnr", "fid"]})
