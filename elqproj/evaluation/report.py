@@ -15,7 +15,7 @@ from .data import EvalInputs, load_png
 if TYPE_CHECKING:
     from .config import EvaluationConfig
     from .metrics import MetricSpec
-    from .runner import EvaluationResult, MethodFolder
+    from .records import EvaluationResult, MethodFolder
 
 __all__ = ["write_report", "summary_markdown", "best_methods"]
 

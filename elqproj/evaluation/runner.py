@@ -18,10 +18,8 @@ set metrics (FID) and the tables are recomputed from the files each time.
 from __future__ import annotations
 
 import gc
-import logging
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,98 +27,16 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..errors import ConfigError
 from ..seeding import file_seed
-from ..validation import ConfigModel
 from .config import EvaluationConfig
 from .data import EvalInputs, load_png, open_dataset, save_png, synthesize_inputs
-from .methods import MethodSpec, method_slug
-from .metrics import MetricSpec, MetricSuite, metric_specs
+from .methods import method_slug
+from .metrics import MetricSuite, metric_specs
+from .records import EvaluationResult, ImageRun, ImageScores, MethodFolder, append_record
+from .report import write_report
 
-__all__ = ["evaluate", "EvaluationResult", "MethodFolder"]
+__all__ = ["evaluate"]
 
-logger = logging.getLogger(__name__)
-
-
-class ImageRun(ConfigModel):
-    """One image's restoration by one method (a line of ``runs.jsonl``); ``seconds`` per pipeline stage."""
-
-    image: str
-    seed: int
-    prompts: list[str]
-    lfo_passes: int
-    lfo_stop: str | None
-    rounds: int
-    seconds: dict[str, float]
-
-
-class ImageScores(ConfigModel):
-    """The per-image metrics of one image at one LFO round (a line of ``scores.jsonl``)."""
-
-    image: str
-    round: int
-    scores: dict[str, float]
-
-
-def _read_lines(path: Path, model: type[ConfigModel]) -> Iterable[Any]:
-    """The valid lines of a JSONL log; a line cut short by a kill is skipped (its image is redone)."""
-    if not path.is_file():
-        return
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        try:
-            yield model.model_validate_json(line)
-        except ConfigError:
-            logger.warning("%s:%d is not a complete record; ignored", path, number)
-
-
-def _append(path: Path, record: ConfigModel) -> None:
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(record.model_dump_json() + "\n")
-        handle.flush()
-
-
-@dataclass(frozen=True)
-class MethodFolder:
-    """Where one method's files live (see the module docstring)."""
-
-    root: Path
-    spec: MethodSpec
-
-    @property
-    def rounds(self) -> int:
-        """LFO rounds kept: k = 0 … lfo (0 alone without LFO; ``lfo="auto"`` keeps its cap's rounds)."""
-        from ..pipeline import LFO_AUTO_CAP
-
-        lfo = self.spec.lfo
-        return (LFO_AUTO_CAP if lfo == "auto" else lfo) + 1
-
-    def hq(self, name: str, round: int | None = None) -> Path:
-        base = self.root if round is None else self.root / "rounds" / str(round)
-        return base / "hq" / f"{name}.png"
-
-    def lq(self, name: str, round: int | None = None) -> Path:
-        base = self.root if round is None else self.root / "rounds" / str(round)
-        return base / "lq" / f"{name}.png"
-
-    @property
-    def runs_log(self) -> Path:
-        return self.root / "runs.jsonl"
-
-    @property
-    def scores_log(self) -> Path:
-        return self.root / "scores.jsonl"
-
-    def runs(self) -> dict[str, ImageRun]:
-        """The recorded run of every image whose result file exists."""
-        return {run.image: run for run in _read_lines(self.runs_log, ImageRun) if self.hq(run.image).is_file()}
-
-    def scores(self, needed: Sequence[str]) -> dict[tuple[str, int], dict[str, float]]:
-        """(image, round) → scores, for records that hold every metric in ``needed`` (newest wins)."""
-        found: dict[tuple[str, int], dict[str, float]] = {}
-        for record in _read_lines(self.scores_log, ImageScores):
-            if set(needed) <= set(record.scores):
-                found[(record.image, record.round)] = record.scores
-        return found
 
 
 def _restore_missing(folder: MethodFolder, inputs: EvalInputs, *, seed: int, device: Any, dtype: Any,
@@ -151,7 +67,7 @@ def _restore_missing(folder: MethodFolder, inputs: EvalInputs, *, seed: int, dev
                     save_png(result.hq_rounds[last], folder.hq(name, k))
                     save_png(result.lq_passes[last], folder.lq(name, k))
             prompts = [p if isinstance(p, str) else p[0] for p in result.prompts]
-            _append(folder.runs_log, ImageRun(image=name, seed=image_seed, prompts=prompts,
+            append_record(folder.runs_log, ImageRun(image=name, seed=image_seed, prompts=prompts,
                                               lfo_passes=result.lfo_passes, lfo_stop=result.lfo_stop,
                                               rounds=folder.rounds, seconds=seconds))
     finally:
@@ -169,23 +85,7 @@ def _score_missing(folder: MethodFolder, inputs: EvalInputs, suite: MetricSuite,
     for name, k in tqdm(todo, desc=f"metrics [{folder.spec.label}]", unit="img", disable=not progress or not todo):
         path = folder.hq(name, k) if folder.rounds > 1 else folder.hq(name)
         scores = suite.score(load_png(path), load_png(inputs.hq(name)))
-        _append(folder.scores_log, ImageScores(image=name, round=k, scores=scores))
-
-
-@dataclass
-class EvaluationResult:
-    """What :func:`evaluate` measured and where it wrote it.
-
-    ``summary``: one row per method (``method``, ``images``, ``seconds_per_image`` and the mean of
-    each metric; set metrics over the whole set); ``rounds``: per LFO method, one row per round k.
-    """
-
-    out: Path
-    metrics: list[MetricSpec]
-    summary: list[dict[str, Any]]
-    rounds: dict[str, list[dict[str, Any]]]
-    settings: dict[str, str]
-    files: dict[str, Path]
+        append_record(folder.scores_log, ImageScores(image=name, round=k, scores=scores))
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -201,7 +101,6 @@ def evaluate(config: EvaluationConfig, *, progress: bool = True) -> EvaluationRe
         WeightsNotFoundError: a method's weights are missing.
     """
     from ..training.data import degradation_config
-    from .report import write_report
 
     labels = config.labels()
     out = Path(config.out)
