@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,23 +81,29 @@ class RestorationResult:
 
 
 class _Stopwatch:
-    """Seconds per stage (synchronised with the device); names the running stage on the progress bar."""
+    """Seconds per stage (synchronised with the device); names the running stage on the progress bar and
+    enters the pipeline's ``stage_hooks`` around each stage (outside the timed span)."""
 
-    def __init__(self, device: torch.device, bar: Any) -> None:
+    def __init__(self, device: torch.device, bar: Any, hooks: Sequence[Callable[[str], AbstractContextManager]] = ()
+                 ) -> None:
         self.device = device
         self.bar = bar
+        self.hooks = tuple(hooks)
         self.times: dict[str, float] = {}
 
     @contextmanager
     def __call__(self, stage: str):
         self.bar.set_postfix_str(stage)
-        synchronize(self.device)
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
+        with ExitStack() as hooks:
+            for hook in self.hooks:
+                hooks.enter_context(hook(stage))
             synchronize(self.device)
-            self.times[stage] = self.times.get(stage, 0.0) + time.perf_counter() - start
+            start = time.perf_counter()
+            try:
+                yield
+            finally:
+                synchronize(self.device)
+                self.times[stage] = self.times.get(stage, 0.0) + time.perf_counter() - start
 
 
 class _ComponentSpec(ConfigModel):
@@ -197,6 +203,10 @@ class RestorationPipeline:
         self.projector = projector
         self.prompt_extractor = prompt_extractor
         self.tiling = None  # None: each model's own tiling (see configure_tiling)
+        #: Context-manager factories entered around every stage of a call ("prompt", "project", "lfo",
+        #: "rounds", "restore"), given the stage's name, outside its timing: e.g. a FLOP counter per stage
+        #: (elqproj.evaluation.complexity).
+        self.stage_hooks: list[Callable[[str], AbstractContextManager]] = []
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -412,7 +422,7 @@ class RestorationPipeline:
         padded, pad = imageio.pad_to_multiple(x, 8, min_side=min_side)
         cap = (LFO_AUTO_CAP if lfo == "auto" else lfo) if self.projector is not None else 0
         bar = tqdm(total=cap + 3, desc="restore", disable=not progress, leave=False)
-        clock = _Stopwatch(self.device, bar)
+        clock = _Stopwatch(self.device, bar, self.stage_hooks)
 
         def extract(images: torch.Tensor, *, features: bool = False) -> PromptResult:
             if fixed is not None and not (features and self.prompt_extractor is not None):

@@ -88,6 +88,25 @@ def test_return_rounds_gives_g_on_the_proxy_of_every_lfo_pass(pipeline):
     assert pipe(_elq(1), lfo=2, seed=0, process_size=0).hq_rounds is None  # only on request
 
 
+def test_stage_hooks_wrap_every_timed_stage_with_its_name(pipeline):
+    from contextlib import contextmanager
+
+    entered, calls = [], []
+
+    @contextmanager
+    def hook(stage):
+        entered.append(stage)
+        yield
+        calls.append(len(pipe.restorer.calls))
+
+    pipe = RestorationPipeline(IdentityRestorer(), projector=pipeline.projector,
+                               prompt_extractor=ScriptedTagger(["a", "b", "c"]))
+    pipe.stage_hooks.append(hook)
+    res = pipe(_elq(1), lfo=1, seed=0, process_size=0)
+    assert set(entered) == set(res.timings) - {"total"} == {"prompt", "project", "lfo", "restore"}
+    assert entered[-1] == "restore" and calls[-1] == 1  # the hook is left after g ran inside it
+
+
 def test_every_pass_conditions_on_the_previous_lq(pipeline):
     tagger = ScriptedTagger(["a", "b", "c"])
     res = _with(pipeline, tagger)(_elq(), lfo=1, seed=0, process_size=0)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import statistics
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -27,7 +26,6 @@ import torch
 from torch import nn
 from torch.utils import flop_counter
 
-from .. import pipeline as pipeline_module
 from ..adapter_sets import AdapterSetMixin
 from ..benchmarking import synthetic_images
 from ..errors import InvalidInputError
@@ -124,37 +122,23 @@ def count_macs(fn: Callable[[], Any]) -> int:
     return counter.get_total_flops() // 2
 
 
-_COUNTING = threading.Lock()
-
-
 @contextmanager
-def _stage_flops() -> Iterator[dict[str, int]]:
-    """While active, a pipeline call made from this thread also counts the FLOPs of each of its stages
-    into the yielded dict (stage -> FLOPs, in the order the stages first ran).
-
-    The pipeline names its stages through its stopwatch only, so the stopwatch class is swapped for one
-    that runs a FLOP counter inside every stage it times; calls from other threads time as before."""
+def _stage_flops(pipeline: RestorationPipeline) -> Iterator[dict[str, int]]:
+    """While active, each call of ``pipeline`` also counts the FLOPs of each of its stages into the yielded
+    dict (stage -> FLOPs, in the order the stages first ran), through the pipeline's ``stage_hooks``."""
     flops: dict[str, int] = {}
-    thread = threading.get_ident()
-    with _COUNTING:
-        plain = pipeline_module._Stopwatch
 
-        class CountingStopwatch(plain):
-            @contextmanager
-            def __call__(self, stage: str) -> Iterator[None]:
-                if threading.get_ident() != thread:
-                    with super().__call__(stage):
-                        yield
-                    return
-                with super().__call__(stage), _flop_counter() as counter:
-                    yield
-                flops[stage] = flops.get(stage, 0) + counter.get_total_flops()
+    @contextmanager
+    def count(stage: str) -> Iterator[None]:
+        with _flop_counter() as counter:
+            yield
+        flops[stage] = flops.get(stage, 0) + counter.get_total_flops()
 
-        pipeline_module._Stopwatch = CountingStopwatch
-        try:
-            yield flops
-        finally:
-            pipeline_module._Stopwatch = plain
+    pipeline.stage_hooks.append(count)
+    try:
+        yield flops
+    finally:
+        pipeline.stage_hooks.remove(count)
 
 
 # ------------------------------------------------------------------------------------------ prompts
@@ -301,7 +285,7 @@ def measure_complexity(
     def restore() -> dict[str, float]:
         return measured(image, lfo=lfo, seed=seed, process_size=0, progress=False).timings
 
-    with _stage_flops() as flops:
+    with _stage_flops(measured) as flops:
         restore()
     for _ in range(warmup):
         restore()
