@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from . import __version__, imageio
 from .colorfix import apply_color_fix, check_color_fix
 from .devices import check_seed, check_seeds, synchronize
+from .auto import AutoConfig
 from .errors import ConfigError, InvalidInputError, WeightsNotFoundError
 from .prompts.base import PromptResult
 from .validation import ConfigModel
@@ -68,6 +69,9 @@ class RestorationResult:
         hq_rounds: with ``return_rounds=True``, g's output on the LQ proxy of every projector pass, each
             conditioned on Y of that proxy as the final one is (the paper's Figure 10: metric per LFO round):
             (B,3,H,W) float tensors in [0,1] on the CPU, the last one ``image``'s; else ``None``.
+        decision: with ``mode="auto"``, what auto mode chose and why (for a batch, one per image):
+            ``{"musiq": 31.2, "severity": "severe", "projector": True, "lfo": 2, "strength": 1.0}`` (see
+            :mod:`elqproj.auto`); ``None`` otherwise.
     """
 
     image: Any
@@ -78,6 +82,7 @@ class RestorationResult:
     lfo_passes: int = 0
     lfo_stop: str | None = None
     hq_rounds: list[torch.Tensor] | None = None
+    decision: dict[str, Any] | list[dict[str, Any]] | None = None
 
 
 class _Stopwatch:
@@ -207,6 +212,10 @@ class RestorationPipeline:
         #: "rounds", "restore"), given the stage's name, outside its timing: e.g. a FLOP counter per stage
         #: (elqproj.evaluation.complexity).
         self.stage_hooks: list[Callable[[str], AbstractContextManager]] = []
+        #: What ``mode="auto"`` does per severity (thresholds, the scorer, each bucket's f / LFO / strength).
+        self.auto_config = AutoConfig()
+        #: The no-reference scorer of auto mode, loaded on its first use (its weights download once).
+        self.severity_scorer: Any = None
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -357,6 +366,8 @@ class RestorationPipeline:
         progress: bool = True,
         max_pixels: int | None = None,
         return_rounds: bool = False,
+        strength: float | Sequence[float] = 1.0,
+        mode: str = "fixed",
     ) -> RestorationResult:
         """Restore an extreme-LQ image.
 
@@ -369,7 +380,8 @@ class RestorationPipeline:
             lfo: refinement passes k (0 = no LFO; the paper recommends 2; at most :data:`LFO_MAX`), or
                 "auto": stop when the tag set stops changing, at most :data:`LFO_AUTO_CAP` passes. Passes
                 stop early when a pass's prompts equal the previous ones (the rest would repeat it; see
-                ``RestorationResult.lfo_stop``). Needs a projector.
+                ``RestorationResult.lfo_stop``). Needs a projector. A list gives each image of a batch its
+                own number of passes (an image whose passes are done keeps its proxy and prompt).
             seed: makes the random draws of f and g reproducible (VAE posterior samples; g's sampler). A
                 list of one seed per image gives each image of a batch exactly the draws it gets when
                 restored alone with its seed (:meth:`restore_folder` derives them from file names).
@@ -389,15 +401,34 @@ class RestorationPipeline:
                 8192².
             return_rounds: also run g on the LQ proxy of every earlier pass (``RestorationResult.hq_rounds``;
                 costs one more Y and g call per pass, timed as the "rounds" stage).
+            strength: how far f moves the input, in [0, 1] (one value, or one per image): every LQ proxy is
+                ``(1 - strength) · x + strength · f(x)`` in pixels, so 0 gives g exactly the sized input (f
+                does not run when every image has 0) and 1 is the trained projector. The fidelity/realism
+                knob: lower keeps more of the input's own pixels, higher lets f replace more of them.
+            mode: "fixed" (the settings above) or "auto": a no-reference IQA score of each input
+                (MUSIQ by default) picks whether f runs, the LFO passes and the strength per image
+                (:attr:`auto_config`, :mod:`elqproj.auto`); ``RestorationResult.decision`` says what was
+                chosen and why. Needs a projector; leave ``lfo`` and ``strength`` unset.
 
         Raises:
             ImageTooLargeError: the processed size exceeds ``max_pixels``.
-            InvalidInputError: ``lfo``, ``upscale`` or ``restorer_options`` are out of range.
+            InvalidInputError: ``lfo``, ``upscale``, ``strength``, ``mode`` or ``restorer_options`` are out of
+                range.
         """
-        if not (lfo == "auto" or (isinstance(lfo, int) and not isinstance(lfo, bool) and 0 <= lfo <= LFO_MAX)):
-            raise InvalidInputError(f"lfo must be an integer from 0 to {LFO_MAX} or 'auto', got {lfo!r} (the paper "
-                                    "recommends 2; more passes oscillate).")
-        if lfo and self.projector is None:
+        if mode not in ("fixed", "auto"):
+            raise InvalidInputError(f"mode must be 'fixed' or 'auto', got {mode!r}.")
+        if mode == "auto" and (lfo != 0 or strength != 1.0):
+            raise InvalidInputError("mode='auto' chooses the LFO passes and the strength of each image: leave lfo and "
+                                    "strength unset (tune the choices with pipeline.auto_config).")
+        if mode == "auto" and self.projector is None:
+            raise InvalidInputError("mode='auto' chooses whether the projector runs, and this pipeline has none (g "
+                                    "alone); build the pipeline with a projector.")
+        if isinstance(lfo, (list, tuple)):
+            for count in lfo:
+                _check_lfo(count, allow_auto=False)
+        else:
+            _check_lfo(lfo, allow_auto=True)
+        if (any(lfo) if isinstance(lfo, (list, tuple)) else lfo) and self.projector is None:
             raise InvalidInputError(
                 f"lfo={lfo!r}: Look Forward Once re-runs the projector, and this pipeline has none (g alone); "
                 "use lfo=0, or build the pipeline with a projector."
@@ -412,17 +443,37 @@ class RestorationPipeline:
         start = time.perf_counter()
 
         x, meta = imageio.to_tensor(image)
-        seed = check_seeds(seed, x.shape[0])
-        fixed = None if prompt is None else _fixed_texts(prompt, x.shape[0])
+        batch = x.shape[0]
+        seed = check_seeds(seed, batch)
+        strengths = _per_image(strength, batch, "strength", _check_strength)
+        limits = _per_image(lfo, batch, "lfo", lambda value: value) if isinstance(lfo, (list, tuple)) else None
+        fixed = None if prompt is None else _fixed_texts(prompt, batch)
         imageio.check_processing_size(tuple(x.shape[-2:]), processing_size(*x.shape[-2:], upscale=upscale,
                                                                             process_size=process_size),
                                       how=f"upscale={upscale}, process_size={process_size}", max_pixels=max_pixels)
+        bar = tqdm(desc="restore", disable=not progress, leave=False)
+        clock = _Stopwatch(self.device, bar, self.stage_hooks)
+        decisions = None
+        if mode == "auto":
+            from .auto import SeverityScorer, decide
+
+            with clock("severity"):  # on the input as given, before any enlargement
+                if self.severity_scorer is None or self.severity_scorer.config != self.auto_config:
+                    self.severity_scorer = SeverityScorer(self.auto_config, device=self.device)
+                decisions = decide(self.severity_scorer(x), self.auto_config)
+            limits = [decision["lfo"] for decision in decisions]
+            strengths = [decision["strength"] for decision in decisions]
         x = _enlarge(x, upscale=upscale, process_size=process_size)
         min_side = self.projector.engine.min_image_side if self.projector is not None else 1
         padded, pad = imageio.pad_to_multiple(x, 8, min_side=min_side)
-        cap = (LFO_AUTO_CAP if lfo == "auto" else lfo) if self.projector is not None else 0
-        bar = tqdm(total=cap + 3, desc="restore", disable=not progress, leave=False)
-        clock = _Stopwatch(self.device, bar, self.stage_hooks)
+        runs_f = self.projector is not None and any(value > 0 for value in strengths)
+        if not runs_f:
+            cap = 0
+        elif limits is not None:
+            cap = max(limits)
+        else:
+            cap = LFO_AUTO_CAP if lfo == "auto" else lfo
+        bar.reset(total=cap + 3)
 
         def extract(images: torch.Tensor, *, features: bool = False) -> PromptResult:
             if fixed is not None and not (features and self.prompt_extractor is not None):
@@ -437,21 +488,25 @@ class RestorationPipeline:
         prompts = [texts]
         passes = 0
         stop = None
-        if self.projector is None:
+        if not runs_f:
             lq = padded
             lq_passes = []
             bar.update(2)
         else:
             elq = unit_to_signed(padded).to(self.projector.device, self.projector.dtype)
+            blend = _strength_blend(strengths, padded.to(self.projector.device))
             with clock("project"):
                 latent = self.projector.encode_image(elq, seed=seed, sample_posterior=sample_posterior,
                                                      tiling=self.tiling)
-                lq = self._project(elq, latent, texts)
+                lq = blend(self._project(elq, latent, texts))
             lq_passes = [lq]
             bar.update(2)
             while passes < cap:
                 with clock("lfo"):
                     texts = extract(lq).texts
+                if limits is not None:  # an image whose passes are done keeps its prompt (and its proxy below)
+                    texts = [text if passes < limit else previous
+                             for text, previous, limit in zip(texts, prompts[-1], limits)]
                 if lfo == "auto" and all(_tag_set(a) == _tag_set(b) for a, b in zip(texts, prompts[-1])):
                     stop = f"the tag sets of pass {passes + 1} equal those of pass {passes}"
                 elif texts == prompts[-1]:  # f on the cached latent with the same prompt: the same pass again
@@ -461,7 +516,11 @@ class RestorationPipeline:
                     break
                 prompts.append(texts)
                 with clock("lfo"):
-                    lq = self._project(elq, latent, texts)
+                    refined = blend(self._project(elq, latent, texts))
+                if limits is not None:
+                    going_on = torch.tensor([passes < limit for limit in limits], device=refined.device)
+                    refined = torch.where(going_on.view(-1, 1, 1, 1), refined, lq)
+                lq = refined
                 lq_passes.append(lq)
                 passes += 1
                 bar.update(1)
@@ -495,6 +554,7 @@ class RestorationPipeline:
             lfo_passes=passes,
             lfo_stop=stop,
             hq_rounds=None if rounds is None else [imageio.crop_padding(r.float().cpu(), pad) for r in rounds],
+            decision=None if decisions is None else (decisions if batched else decisions[0]),
         )
 
     def restore_folder(self, inputs: Any, output_dir: str | os.PathLike, **options: Any) -> Any:
@@ -590,3 +650,37 @@ def _enlarge(x: torch.Tensor, *, upscale: int, process_size: int) -> torch.Tenso
     if size == tuple(x.shape[-2:]):
         return x
     return F.interpolate(x, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def _check_lfo(value: Any, *, allow_auto: bool) -> None:
+    if allow_auto and value == "auto":
+        return
+    if not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= LFO_MAX):
+        also = " or 'auto'" if allow_auto else ""
+        raise InvalidInputError(f"lfo must be an integer from 0 to {LFO_MAX}{also}, got {value!r} (the paper "
+                                "recommends 2; more passes oscillate).")
+
+
+def _check_strength(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise InvalidInputError(f"strength must be a number from 0 (g gets the input) to 1 (the trained projector), "
+                                f"got {value!r}.")
+    return float(value)
+
+
+def _per_image(value: Any, batch: int, name: str, check: Callable[[Any], Any]) -> list[Any]:
+    """One value for every image of the batch: a scalar repeated, or a list of exactly ``batch`` values."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != batch:
+            raise InvalidInputError(f"{name} has {len(value)} values for {batch} image(s): give one per image.")
+        return [check(item) for item in value]
+    return [check(value)] * batch
+
+
+def _strength_blend(strengths: Sequence[float], x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """proxy -> (1 - s)·x + s·proxy per image (x: the sized input in [0, 1] on the proxy's device). The two
+    endpoints are exact: s = 0 gives x, s = 1 gives the proxy (pixel interpolation, as AdaptBIR mixes)."""
+    if all(value == 1.0 for value in strengths):
+        return lambda proxy: proxy
+    weight = torch.tensor(strengths, dtype=torch.float32, device=x.device).view(-1, 1, 1, 1)
+    return lambda proxy: (1 - weight) * x.float() + weight * proxy

@@ -137,3 +137,29 @@ def projector_dir(tmp_path_factory) -> Path:
     from elqproj import Projector
 
     return Projector.from_base(TINY_SD21, device="cpu").save_pretrained(tmp_path_factory.mktemp("proj") / "p")
+
+
+# ------------------------------------------------------------------ metrics (pyiqa)
+MUSIQ_FILE = "musiq_koniq_ckpt-e95806b9.pth"
+#: A MUSIQ small enough to build in milliseconds (the real one: 14 layers of width 384).
+TINY_MUSIQ = {"hidden_size": 32, "mlp_dim": 32, "num_heads": 2, "num_layers": 1, "longer_side_lengths": [64]}
+
+
+@pytest.fixture
+def hub_dir(tmp_path, monkeypatch) -> Path:
+    """torch.hub's folder (pyiqa's cache is its pyiqa/ subfolder) in a temporary TORCH_HOME."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # no earlier torch.hub.set_dir overrides TORCH_HOME
+    return tmp_path / "torch" / "hub"
+
+
+@pytest.fixture
+def tiny_musiq(hub_dir) -> torch.nn.Module:
+    """A randomly initialised tiny MUSIQ, saved where pyiqa looks for the KonIQ checkpoint."""
+    from pyiqa.archs.musiq_arch import MUSIQ
+
+    torch.manual_seed(0)
+    net = MUSIQ(pretrained=False, **TINY_MUSIQ).eval()
+    (hub_dir / "pyiqa").mkdir(parents=True)
+    torch.save(net.state_dict(), hub_dir / "pyiqa" / MUSIQ_FILE)
+    return net

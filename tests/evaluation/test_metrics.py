@@ -25,33 +25,9 @@ from elqproj.errors import (
 )
 from elqproj.evaluation import metrics
 from elqproj.evaluation.metrics import METRICS, PAPER_METRICS, MetricSuite, metric_specs
+from tests.conftest import MUSIQ_FILE, TINY_MUSIQ
 
 IQA_WEIGHTS = "https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/main"
-MUSIQ_FILE = "musiq_koniq_ckpt-e95806b9.pth"
-#: A MUSIQ small enough to build in milliseconds (the real one: 14 layers of width 384).
-TINY_MUSIQ = {"hidden_size": 32, "mlp_dim": 32, "num_heads": 2, "num_layers": 1, "longer_side_lengths": [64]}
-
-
-@pytest.fixture
-def hub_dir(tmp_path, monkeypatch) -> Path:
-    """torch.hub's folder (pyiqa's cache is its pyiqa/ subfolder) in a temporary TORCH_HOME."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # no earlier torch.hub.set_dir overrides TORCH_HOME
-    return tmp_path / "torch" / "hub"
-
-
-@pytest.fixture
-def tiny_musiq(hub_dir) -> torch.nn.Module:
-    """A randomly initialised tiny MUSIQ, saved where pyiqa looks for the KonIQ checkpoint."""
-    from pyiqa.archs.musiq_arch import MUSIQ
-
-    torch.manual_seed(0)
-    net = MUSIQ(pretrained=False, **TINY_MUSIQ).eval()
-    (hub_dir / "pyiqa").mkdir(parents=True)
-    torch.save(net.state_dict(), hub_dir / "pyiqa" / MUSIQ_FILE)
-    return net
-
-
 def _constant(rgb: tuple[float, float, float], size: int = 16) -> torch.Tensor:
     return torch.tensor(rgb, dtype=torch.float32).view(1, 3, 1, 1).expand(1, 3, size, size).contiguous()
 
