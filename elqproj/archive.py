@@ -288,6 +288,7 @@ def restore_files(
         else:
             entry = ManifestRecord.now(status="done", prompts=[str(p[index]) for p in result.prompts],
                                        lfo_passes=result.lfo_passes, lfo_stop=result.lfo_stop,
+                                       decision=None if result.decision is None else result.decision[index],
                                        timings={k: round(v, 6) for k, v in result.timings.items()}, **fields)
         local[entry.input] = entry
         if writer is not None:

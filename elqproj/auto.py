@@ -23,7 +23,8 @@ from pydantic import Field, model_validator
 from .errors import ConfigError
 from .validation import ConfigModel
 
-__all__ = ["AutoConfig", "BucketAction", "SeverityScorer", "SEVERITIES", "DEFAULT_THRESHOLDS", "bucket", "decide"]
+__all__ = ["AutoConfig", "BucketAction", "SeverityScorer", "SEVERITIES", "DEFAULT_THRESHOLDS", "bucket", "decide",
+           "describe_decision"]
 
 SEVERITIES = ("mild", "medium", "severe")
 
@@ -91,6 +92,14 @@ def decide(scores: list[float], config: AutoConfig, *, has_projector: bool = Tru
         decisions.append({config.scorer: round(float(score), 4), "severity": severity, "projector": runs_f,
                           "lfo": action.lfo if runs_f else 0, "strength": action.strength if runs_f else 0.0})
     return decisions
+
+
+def describe_decision(decision: dict[str, Any]) -> str:
+    """One line for people, e.g. ``severe (musiq 31.2): f at strength 1.0, LFO×2``."""
+    scorer = next(key for key in decision if key in DEFAULT_THRESHOLDS)
+    action = ("g alone" if not decision["projector"]
+              else f"f at strength {decision['strength']:g}" + (f", LFO×{decision['lfo']}" if decision["lfo"] else ""))
+    return f"{decision['severity']} ({scorer} {decision[scorer]:.1f}): {action}"
 
 
 class SeverityScorer:

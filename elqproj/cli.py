@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .auto import describe_decision
 from .errors import ElqprojError, InvalidInputError
 from .imageio import expand_image_paths
 from .manifest import MANIFEST_NAME
@@ -118,6 +119,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     from .archive import distributed_state, output_paths, pending_pairs, restore_files
     from .manifest import merge_manifest
 
+    mode_options = _mode_options(args)  # a usage error is found before any work
     inputs = expand_image_paths(args.inputs)
     targets = output_paths(inputs, args.output)
     manifest = args.manifest
@@ -143,13 +145,27 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     report = restore_files(
         pipeline, pairs, manifest=manifest, resume=args.resume, skip_existing=args.skip_existing, seed=args.seed,
         batch_size=args.batch_size, num_workers=args.workers, progress=not args.quiet, on_error=failures,
-        state=state, prompt=text, lfo=args.lfo, upscale=args.upscale, process_size=args.process_size,
-        restorer_options=restorer_options,
+        state=state, prompt=text, upscale=args.upscale, process_size=args.process_size,
+        restorer_options=restorer_options, **mode_options,
     )
+    if args.auto and not args.quiet and state.is_main_process:
+        for record in report.done:
+            if record.decision is not None:
+                print(f"{record.input}: {describe_decision(record.decision)}")
     failures.failed = [(Path(record.input), record.error or "") for record in report.failed]
     if not state.is_main_process:
         return 1 if failures.failed else 0
     return failures.report(len(report.records))
+
+
+def _mode_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The pipeline call's lfo / strength / mode from --lfo, --strength and --auto."""
+    if args.auto:
+        if args.lfo != 0 or args.strength is not None:
+            raise InvalidInputError("--auto chooses the LFO passes and the strength of each image: drop --lfo and "
+                                    "--strength (docs/auto-mode.md).")
+        return {"mode": "auto"}
+    return {"lfo": args.lfo, "strength": 1.0 if args.strength is None else args.strength}
 
 
 def _cmd_degrade(args: argparse.Namespace) -> int:
@@ -451,6 +467,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--color-fix", choices=["adain", "wavelet", "none"], help="colour correction of g")
     p.add_argument("--restore-option", type=_key_value, action="append", metavar="KEY=VALUE",
                    help="another option of the backend's restore call, repeatable (e.g. steps=20 for seesr)")
+    p.add_argument("--strength", type=float, default=None,
+                   help="how far f moves the input, 0 (g gets the input) to 1 (the trained projector, default)")
+    p.add_argument("--auto", action="store_true",
+                   help="score each input (MUSIQ) and choose f, LFO passes and strength per image (docs/auto-mode.md)")
     p.add_argument("--skip-existing", action="store_true", help="do not redo outputs that exist")
     p.add_argument("--resume", action="store_true",
                    help="redo only the images the manifest does not record as done (after a crash or preemption)")

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from .errors import ConfigError
 from .validation import ConfigModel
@@ -41,6 +41,8 @@ class ManifestRecord(ConfigModel):
         lfo_passes / lfo_stop: Look-Forward-Once passes run, and why fewer than asked (see
             :class:`~elqproj.pipeline.RestorationResult`).
         timings: seconds per stage of the call the image ran in (shared by the images of one batch).
+        decision: with auto mode, the image's severity score and what was chosen (f, LFO passes,
+            strength; see :mod:`elqproj.auto`); else ``None``.
         batch_size: images in that call.
         device: where it ran; process: the index of the process that ran it.
         finished: UTC time (ISO 8601) the line was written; the newest line of an input wins a merge.
@@ -56,6 +58,7 @@ class ManifestRecord(ConfigModel):
     lfo_passes: int = 0
     lfo_stop: str | None = None
     timings: dict[str, float] = {}
+    decision: dict[str, Any] | None = None
     batch_size: int = 1
     device: str = ""
     process: int = 0

@@ -155,3 +155,63 @@ def test_real_restorer_batch_with_mixed_decisions_runs(projector):
     result = pipe(_images(2), mode="auto", seed=[1, 2], process_size=0, progress=False)
     assert result.image.shape == (2, 3, 64, 64) and torch.isfinite(result.image).all()
     assert [d["severity"] for d in result.decision] == ["mild", "severe"]
+
+
+class BrightnessScorer:
+    """Stands in for MUSIQ in the command-line tests: bright images score as mild, dark ones as severe."""
+
+    def __init__(self, config, device=None):
+        self.config = config
+
+    def __call__(self, images):
+        return [85.0 if float(image.mean()) > 0.5 else 12.0 for image in images]
+
+
+def _flat(path, value):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (40, 32), (value, value, value)).save(path)
+    return path
+
+
+def test_cli_auto_prints_and_records_each_decision(tmp_path, projector_dir, monkeypatch, capsys):
+    import json
+
+    import elqproj.auto
+    from elqproj.cli import main
+
+    monkeypatch.setattr(elqproj.auto, "SeverityScorer", BrightnessScorer)
+    _flat(tmp_path / "in" / "bright.png", 230)
+    _flat(tmp_path / "in" / "dark.png", 20)
+    code = main(["restore", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--auto", "--projector",
+                 str(projector_dir), "--backend", "osediff", "--backend-weights", str(OSEDIFF_GOLDEN_PKL),
+                 "--base-model", str(TINY_SD21), "--seed", "0", "--device", "cpu", "--process-size", "64"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "bright.png: mild (musiq 85.0): g alone" in printed
+    assert "dark.png: severe (musiq 12.0): f at strength 1, LFO×2" in printed
+    records = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(r["decision"]["severity"] for r in records) == ["mild", "severe"]
+
+
+def test_cli_auto_refuses_lfo_and_strength(tmp_path, capsys):
+    from elqproj.cli import main
+
+    _flat(tmp_path / "in" / "a.png", 100)
+    assert main(["restore", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--auto", "--lfo", "2"]) == 2
+    assert "--auto chooses" in capsys.readouterr().err
+
+
+def test_cli_strength_reaches_the_pipeline(tmp_path, projector_dir, monkeypatch):
+    from elqproj.cli import main
+
+    seen = []
+    real_call = RestorationPipeline.__call__
+    monkeypatch.setattr(RestorationPipeline, "__call__",
+                        lambda self, images, **kw: seen.append(kw["strength"]) or real_call(self, images, **kw))
+    _flat(tmp_path / "in" / "a.png", 100)
+    assert main(["restore", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--strength", "0.3", "--projector",
+                 str(projector_dir), "--backend", "osediff", "--backend-weights", str(OSEDIFF_GOLDEN_PKL),
+                 "--base-model", str(TINY_SD21), "--device", "cpu", "--process-size", "64", "-q"]) == 0
+    assert seen == [0.3]
