@@ -30,10 +30,11 @@ from typing import Any
 from PIL import Image
 
 from . import imageio
+from .auto import describe_decision
 from .errors import ConfigError, ElqprojError, InvalidInputError
 from .pipeline import LFO_MAX, RestorationPipeline
 
-__all__ = ["DemoModels", "build_demo", "COLOR_FIX_CHOICES", "LFO_CHOICES", "PROMPT_NONE", "PROMPT_TEXT"]
+__all__ = ["DemoModels", "build_demo", "COLOR_FIX_CHOICES", "LFO_CHOICES", "MODE_CHOICES", "PROMPT_NONE", "PROMPT_TEXT"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ LFO_CHOICES = [str(k) for k in range(LFO_MAX + 1)] + ["auto"]
 #: Colour fix choices: the restorer's official one, or a fixed one.
 COLOR_FIX_CHOICES = ["official", "adain", "wavelet", "none"]
 TILING_CHOICES = ["auto", "always", "never"]
+#: "fixed": the controls above; "auto": a no-reference score of each upload picks f, LFO and strength (elqproj.auto).
+MODE_CHOICES = ["fixed", "auto"]
 
 
 @dataclass
@@ -119,7 +122,8 @@ class _Settings:
 
 
 def _settings(models: DemoModels, defaults: DemoDefaults, backend: str, prompt_mode: str, prompt_text: str,
-              lfo: str, seed: float | None, upscale: float, color_fix: str, tiling: str) -> _Settings:
+              lfo: str, seed: float | None, upscale: float, color_fix: str, tiling: str, strength: float = 1.0,
+              mode: str = "fixed") -> _Settings:
     """The page's controls -> the pipeline and its call options.
 
     Raises:
@@ -127,45 +131,58 @@ def _settings(models: DemoModels, defaults: DemoDefaults, backend: str, prompt_m
     """
     if lfo not in LFO_CHOICES:
         raise InvalidInputError(f"LFO must be one of {LFO_CHOICES}, got {lfo!r}.")
+    if mode not in MODE_CHOICES:
+        raise InvalidInputError(f"mode must be one of {MODE_CHOICES}, got {mode!r}.")
+    if mode == "auto" and models.projector is None:
+        raise InvalidInputError("Auto mode chooses whether the projector runs, and this page has none: choose 'fixed'.")
     if color_fix not in COLOR_FIX_CHOICES:
         raise InvalidInputError(f"colour fix must be one of {COLOR_FIX_CHOICES}, got {color_fix!r}.")
     if prompt_mode == PROMPT_TEXT and not (prompt_text or "").strip():
         raise InvalidInputError("The prompt mode is 'text': type a prompt, or choose another mode.")
-    call = {"prompt": prompt_text if prompt_mode == PROMPT_TEXT else None, "lfo": lfo if lfo == "auto" else int(lfo),
+    call = {"prompt": prompt_text if prompt_mode == PROMPT_TEXT else None,
             "upscale": int(upscale), "process_size": defaults.process_size, "max_pixels": defaults.max_pixels,
             "restorer_options": {} if color_fix == "official" else {"color_fix": color_fix}}
+    if mode == "auto":  # the severity of each image chooses LFO and strength
+        call["mode"] = "auto"
+    else:
+        call.update(lfo=lfo if lfo == "auto" else int(lfo), strength=float(strength))
     return _Settings(models.pipeline(backend, prompt_mode, tiling), call,
                      None if seed is None or seed == "" else int(seed))
 
 
 def restore_request(models: DemoModels, defaults: DemoDefaults, upload: str | None, backend: str, prompt_mode: str,
                     prompt_text: str, lfo: str, seed: float | None, upscale: float, color_fix: str, tiling: str,
-                    output_dir: Path) -> tuple[tuple[Image.Image, Image.Image], Image.Image, str, str, str]:
+                    strength: float = 1.0, mode: str = "fixed", *, output_dir: Path
+                    ) -> tuple[tuple[Image.Image, Image.Image], Image.Image, str, str, str]:
     """One press of Restore: the uploaded file restored as the controls say.
 
     Returns:
-        ``((input enlarged to the result's size, result), LQ proxy, prompt trace, timings table (Markdown),
-        path of the full-resolution PNG)``.
+        ``((input enlarged to the result's size, result), LQ proxy, prompt trace, timings table (Markdown;
+        in auto mode headed by the decision), path of the full-resolution PNG)``.
 
     Raises:
         ElqprojError: anything wrong with the request or the file (the page shows the message).
     """
     if not upload:
         raise InvalidInputError("Upload an image first (or pick an example).")
-    settings = _settings(models, defaults, backend, prompt_mode, prompt_text, lfo, seed, upscale, color_fix, tiling)
+    settings = _settings(models, defaults, backend, prompt_mode, prompt_text, lfo, seed, upscale, color_fix, tiling,
+                         strength, mode)
     image = imageio.load_image(upload, max_pixels=defaults.max_pixels)
     result = settings.pipeline(image, seed=settings.seed, **settings.call)
     restored = _as_rgb(result.image)
     before = _as_rgb(image).resize(restored.size, Image.Resampling.BICUBIC)
     download = imageio.save_image(result.image, Path(tempfile.mkdtemp(dir=_made(output_dir))) /
                                   f"{Path(upload).stem}_restored.png")
-    return (before, restored), _as_rgb(result.lq), prompt_trace(result.prompts), timings_table(result.timings), str(download)
+    summary = timings_table(result.timings)
+    if result.decision is not None:
+        summary = f"**Auto mode:** {describe_decision(result.decision)}\n\n{summary}"
+    return (before, restored), _as_rgb(result.lq), prompt_trace(result.prompts), summary, str(download)
 
 
 def restore_batch_request(models: DemoModels, defaults: DemoDefaults, uploads: list[str] | None, backend: str,
                           prompt_mode: str, prompt_text: str, lfo: str, seed: float | None, upscale: float,
-                          color_fix: str, tiling: str, output_dir: Path
-                          ) -> tuple[list[tuple[str, str]], list[list[Any]], str]:
+                          color_fix: str, tiling: str, strength: float = 1.0, mode: str = "fixed", *,
+                          output_dir: Path) -> tuple[list[tuple[str, str]], list[list[Any]], str]:
     """The Batch tab's Restore all: every uploaded file through
     :func:`~elqproj.archive.restore_files` (a bad file is reported in the table, the others are restored;
     each image's seed derives from the seed and its file name, as in ``elqproj restore``).
@@ -182,7 +199,8 @@ def restore_batch_request(models: DemoModels, defaults: DemoDefaults, uploads: l
     if len(uploads) > defaults.max_batch_files:
         raise InvalidInputError(f"{len(uploads)} files: this page restores at most {defaults.max_batch_files} at once; "
                                 "use `elqproj restore` for a whole folder.")
-    settings = _settings(models, defaults, backend, prompt_mode, prompt_text, lfo, seed, upscale, color_fix, tiling)
+    settings = _settings(models, defaults, backend, prompt_mode, prompt_text, lfo, seed, upscale, color_fix, tiling,
+                         strength, mode)
     run = Path(tempfile.mkdtemp(dir=_made(output_dir), prefix="batch-"))
     sources = [Path(upload) for upload in uploads]
     names = [source.name for source in sources]
@@ -197,7 +215,8 @@ def restore_batch_request(models: DemoModels, defaults: DemoDefaults, uploads: l
         record = report.records[str(source)]
         if record.status == "done":
             gallery.append((str(target), source.name))
-            rows.append([source.name, "done", round(record.timings.get("total", 0.0), 3), record.prompts[-1]])
+            status = "done" if record.decision is None else f"done: {describe_decision(record.decision)}"
+            rows.append([source.name, status, round(record.timings.get("total", 0.0), 3), record.prompts[-1]])
         else:
             rows.append([source.name, "failed", None, (record.error or "").replace(str(source), source.name)])
     archive = shutil.make_archive(str(run / "restored"), "zip", root_dir=results)
@@ -281,8 +300,14 @@ def build_demo(models: DemoModels, *, defaults: DemoDefaults | None = None, exam
                     color_fix = gr.Dropdown(COLOR_FIX_CHOICES, value="official", label="Colour fix",
                                             elem_id="color-fix")
                     tiling = gr.Dropdown(TILING_CHOICES, value="auto", label="Tiling", elem_id="tiling")
+                strength = gr.Slider(0, 1, value=1.0, step=0.05, label="Strength of f",
+                                     info="0: g gets the input unchanged; 1: the trained projector",
+                                     interactive=models.projector is not None, elem_id="strength")
+                mode = gr.Dropdown(MODE_CHOICES, value="fixed", label="Mode",
+                                   info="auto: each image's severity (MUSIQ) picks f, LFO and strength",
+                                   interactive=models.projector is not None, elem_id="mode")
             with gr.Column(scale=2):
-                controls = [backend, prompt_mode, prompt_text, lfo, seed, upscale, color_fix, tiling]
+                controls = [backend, prompt_mode, prompt_text, lfo, seed, upscale, color_fix, tiling, strength, mode]
                 with gr.Tab("One image"):
                     upload = gr.File(label="Image", file_types=["image"], type="filepath", elem_id="upload")
                     if examples:

@@ -190,6 +190,7 @@ def test_uploads_above_the_size_limit_are_refused(server, tmp_path):
     ({"backend": "seesr"}, "not loaded here"),
     ({"lfo": "9"}, "LFO must be one of"),
     ({"color_fix": "sepia"}, "colour fix must be one of"),
+    ({"mode": "smart"}, "mode must be one of"),
 ])
 def test_a_bad_request_is_a_clear_error_before_any_work(models, tmp_path, change, message):
     request = dict(upload=str(_photo(tmp_path / "a.png")), backend="osediff", prompt_mode="none", prompt_text="",
@@ -214,3 +215,20 @@ def test_elqproj_demo_loads_every_model_once_and_serves_them(monkeypatch, projec
     config = launched["demo"].config
     values = {c["props"].get("elem_id"): c["props"].get("value") for c in config["components"]}
     assert values["lfo"] == "2" and values["prompt-mode"] == "text" and values["prompt-text"] == "a cat"
+
+
+def test_auto_mode_shows_the_decision_above_the_timings(models, tmp_path, monkeypatch):
+    import elqproj.auto
+
+    class DarkIsSevere:
+        def __init__(self, config, device=None):
+            self.config = config
+
+        def __call__(self, images):
+            return [12.0 for _ in images]
+
+    monkeypatch.setattr(elqproj.auto, "SeverityScorer", DarkIsSevere)
+    *_, summary, _ = restore_request(models, DemoDefaults(process_size=64), str(_photo(tmp_path / "a.png")), "osediff",
+                                     "none", "", "0", 0, 1, "official", "auto", 1.0, "auto", output_dir=tmp_path)
+    assert summary.startswith("**Auto mode:** severe (musiq 12.0): f at strength 1, LFO×2")
+
