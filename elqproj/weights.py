@@ -140,6 +140,11 @@ COMPONENTS: dict[str, Component] = {c.name: c for c in [
               source="xinyu1205/recognize_anything_model/ram_swin_large_14m.pth", files=["ram_swin_large_14m.pth"],
               format="pickle (training save)", size="5.6 GB", licence="Apache-2.0", used_by=["ram", "dape", "seesr"],
               citation=_RAM_PAPER),
+    Component(name="daclip", description="DA-CLIP ViT-B-32, the degradation-aware CLIP (frozen CLIP + controller)",
+              kind="hub-file", source="weblzw/daclip-uir-ViT-B-32-irsde/daclip_ViT-B-32.pt", files=["daclip_ViT-B-32.pt"],
+              format="pickle (torch.save of the DaCLIP state dict)", size="unknown", licence="MIT", used_by=["daclip"],
+              citation="Luo et al., Controlling Vision-Language Models for Multi-Task Image Restoration, ICLR 2024 "
+                       "(arXiv:2310.01018)"),
     Component(name="smolvlm", description="SmolVLM-256M-Instruct, the default vision-language prompt extractor",
               kind="hub-repo", source="HuggingFaceTB/SmolVLM-256M-Instruct",
               files=TRANSFORMERS_MODEL_FILES, allow_patterns=TRANSFORMERS_MODEL_FILES,

@@ -1,8 +1,8 @@
 """Prompt extractors (Y): images -> one text prompt per image, for f, g and the LFO loop.
 
-``load_prompt_extractor("ram" | "dape" | "vlm" | "none", ...)`` loads a registered extractor;
+``load_prompt_extractor("ram" | "dape" | "daclip" | "vlm" | "none", ...)`` loads a registered extractor;
 ``as_prompt_extractor(spec)`` turns anything a user passes as ``prompt=`` into one. Model code (timm,
-transformers) is imported only when a model extractor is loaded.
+transformers, open_clip) is imported only when a model extractor is loaded.
 """
 
 from elqproj.prompts.base import (

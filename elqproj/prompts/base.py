@@ -121,6 +121,11 @@ PROMPT_EXTRACTORS: Registry[PromptExtractorFactory] = Registry(
             "description": "DAPE (SeeSR's degradation-aware RAM: RAM + LoRA); also gives SeeSR's image features",
             "default_weights": "DAPE.pth from SeeSR's Google Drive (elqproj download dape)",
         }),
+        "daclip": RegistryEntry("elqproj.prompts.daclip:load_daclip", {
+            "description": "DA-CLIP (degradation-aware CLIP ViT-B-32): zero-shot RAM tags from its degradation-robust "
+                           "content embedding, plus degradation-type probabilities",
+            "default_weights": "weblzw/daclip-uir-ViT-B-32-irsde/daclip_ViT-B-32.pt",
+        }),
         "vlm": RegistryEntry("elqproj.prompts.vlm:load_vlm", {
             "description": "a vision-language model (transformers image-text-to-text) describing the restored "
                            "content",
