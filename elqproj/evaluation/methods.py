@@ -7,11 +7,13 @@ pairs set the rest::
     osediff                                              # g alone on the ELQ input (the paper's baseline)
     projector=./runs/x/checkpoint-5000,osediff,lfo=2     # f + g with two Look-Forward-Once passes
     projector=elqproj/irib,seesr,prompt_extractor=dape,name=Ours+SeeSR
+    projector=./runs/x/checkpoint-5000,osediff,mode=auto         # auto mode (elqproj.auto)
     osediff,weights=osediff.pkl,base_model=./sd21,restorer.merge_lora=false,option.color_fix=none
 
 Keys: ``name`` (the label in tables; default: made from the other keys), ``projector``, ``weights``
 (g's weights), ``base_model``, ``prompt_extractor``, ``prompt_weights``, ``prompt`` (a fixed text),
-``lfo``, ``process_size``, ``upscale``, ``restorer.<key>`` (g's loading options), ``prompt_extractor.<key>``
+``lfo``, ``strength``, ``mode`` (``auto``: severity picks f, LFO and strength per image), ``process_size``,
+``upscale``, ``restorer.<key>`` (g's loading options), ``prompt_extractor.<key>``
 (Y's loading options) and ``option.<key>`` (g's call options, e.g. SeeSR's ``steps``).
 """
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..errors import ConfigError
 from ..validation import ConfigModel
@@ -44,9 +46,19 @@ class MethodSpec(ConfigModel):
     prompt_extractor_options: dict[str, Any] = {}
     prompt: str | None = None
     lfo: int | Literal["auto"] = Field(0, ge=0)
+    strength: float = Field(1.0, ge=0.0, le=1.0)
+    mode: Literal["fixed", "auto"] = "fixed"
     process_size: int = Field(512, ge=0)
     upscale: int = Field(1, ge=1)
     call_options: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _auto_needs_f_and_chooses(self) -> MethodSpec:
+        if self.mode == "auto" and (self.lfo != 0 or self.strength != 1.0):
+            raise ValueError("mode=auto chooses lfo and strength per image: leave them out")
+        if self.mode == "auto" and self.projector is None:
+            raise ValueError("mode=auto chooses whether the projector runs: give projector=…")
+        return self
 
     @property
     def label(self) -> str:
@@ -58,6 +70,10 @@ class MethodSpec(ConfigModel):
             parts.append(self.prompt_extractor)
         if self.lfo:
             parts.append(f"LFO×{self.lfo}" if self.lfo != "auto" else "LFO auto")
+        if self.strength != 1.0:
+            parts.append(f"strength {self.strength:g}")
+        if self.mode == "auto":
+            parts.append("auto")
         return " ".join(parts)
 
     def load(self, *, device: Any = None, dtype: Any = None) -> Any:
@@ -72,8 +88,9 @@ class MethodSpec(ConfigModel):
 
     def call_arguments(self) -> dict[str, Any]:
         """Keyword arguments of the pipeline call (seed and image excepted)."""
-        return {"prompt": self.prompt, "lfo": self.lfo, "process_size": self.process_size, "upscale": self.upscale,
-                "restorer_options": dict(self.call_options) or None, "return_rounds": bool(self.lfo)}
+        chosen = {"mode": "auto"} if self.mode == "auto" else {"lfo": self.lfo, "strength": self.strength}
+        return {"prompt": self.prompt, "process_size": self.process_size, "upscale": self.upscale,
+                "restorer_options": dict(self.call_options) or None, "return_rounds": bool(self.lfo), **chosen}
 
 
 def _value(text: str) -> Any:
@@ -91,7 +108,7 @@ def _value(text: str) -> Any:
     return text
 
 
-_DIRECT = {"name", "projector", "prompt_extractor", "prompt", "lfo", "process_size", "upscale"}
+_DIRECT = {"name", "projector", "prompt_extractor", "prompt", "lfo", "strength", "mode", "process_size", "upscale"}
 _RESTORER_KEYS = {"weights": "weights", "base_model": "base_model"}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ class ImageRun(ConfigModel):
     lfo_stop: str | None
     rounds: int
     seconds: dict[str, float]
+    decision: dict[str, Any] | None = None
 
 
 class ImageScores(ConfigModel):
@@ -70,7 +71,7 @@ class MethodFolder:
         from ..pipeline import LFO_AUTO_CAP
 
         lfo = self.spec.lfo
-        return (LFO_AUTO_CAP if lfo == "auto" else lfo) + 1
+        return (LFO_AUTO_CAP if lfo == "auto" else lfo) + 1  # auto mode: 0 (its LFO passes vary per image)
 
     def hq(self, name: str, round: int | None = None) -> Path:
         base = self.root if round is None else self.root / "rounds" / str(round)
@@ -106,7 +107,8 @@ class EvaluationResult:
     """What :func:`evaluate` measured and where it wrote it.
 
     ``summary``: one row per method (``method``, ``images``, ``seconds_per_image`` and the mean of
-    each metric; set metrics over the whole set); ``rounds``: per LFO method, one row per round k.
+    each metric; set metrics over the whole set); ``rounds``: per LFO method, one row per round k;
+    ``decisions``: per auto-mode method, how many images got each severity and each action.
     """
 
     out: Path
@@ -115,3 +117,4 @@ class EvaluationResult:
     rounds: dict[str, list[dict[str, Any]]]
     settings: dict[str, str]
     files: dict[str, Path]
+    decisions: dict[str, dict[str, int]] = field(default_factory=dict)

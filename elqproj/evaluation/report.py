@@ -164,6 +164,13 @@ def _html_table(rows: Sequence[Mapping[str, Any]], metrics: Sequence[MetricSpec]
     return (f"<table><tr><th>Method</th>{head}<th>Images</th><th>s/image</th></tr>{''.join(body)}</table>")
 
 
+def _decisions_markdown(result: EvaluationResult) -> str:
+    """Below the table: how often auto mode took each decision, per auto-mode method ("" without one)."""
+    lines = [f"- {label}: " + ", ".join(f"{key} {count}" for key, count in counts.items())
+             for label, counts in result.decisions.items()]
+    return "\nAuto-mode decisions (images):\n\n" + "\n".join(lines) + "\n" if lines else ""
+
+
 def _html_report(result: EvaluationResult, config: EvaluationConfig, plots: Mapping[str, Path],
                  complexity_md: str | None) -> str:
     settings = "".join(f"<li><b>{html.escape(spec.label)}</b>: {html.escape(result.settings[spec.name])}</li>"
@@ -173,6 +180,9 @@ def _html_report(result: EvaluationResult, config: EvaluationConfig, plots: Mapp
     figures = "".join(f"<h2>{html.escape(title)}</h2><img src=\"{path.relative_to(result.out).as_posix()}\" "
                       f"alt=\"{html.escape(title)}\">" for title, path in plots.items())
     complexity = (f"<h2>Complexity (Table 5)</h2><pre>{html.escape(complexity_md)}</pre>" if complexity_md else "")
+    decisions = "".join(f"<li><b>{html.escape(label)}</b>: " + ", ".join(f"{html.escape(k)} {v}" for k, v in counts.items())
+                        + "</li>" for label, counts in result.decisions.items())
+    decisions = f"<h2>Auto-mode decisions (images)</h2><ul>{decisions}</ul>" if decisions else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>elqproj evaluation: {html.escape(str(config.data))}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
@@ -183,7 +193,7 @@ td:first-child{{text-align:left}}img{{max-width:100%}}code{{font-size:85%}}</sty
 prepared at {config.size} px), degradation <code>{html.escape(json.dumps(config.degradation))}</code>, seed {config.seed}.
 Inputs, outputs and per-image scores: <a href="per_image.csv">per_image.csv</a>, <a href="summary.json">summary.json</a>.</p>
 <h2>Summary</h2>{_html_table(result.summary, result.metrics)}
-<h2>Metric settings</h2><ul>{settings}</ul>
+{decisions}<h2>Metric settings</h2><ul>{settings}</ul>
 <h2>Methods</h2><ul>{methods}</ul>
 {figures}{complexity}
 </body></html>
@@ -207,7 +217,8 @@ def write_report(result: EvaluationResult, *, config: EvaluationConfig, inputs: 
         files["per_round.csv"] = _write_csv(
             out / "per_round.csv", [row for row in per_image if folders[row["method"]].rounds > 1],
             ["method", "image", "round", *per_image_names])
-    (out / "summary.md").write_text(summary_markdown(result.summary, result.metrics), encoding="utf-8")
+    (out / "summary.md").write_text(summary_markdown(result.summary, result.metrics) + _decisions_markdown(result),
+                                    encoding="utf-8")
     files["summary.md"] = out / "summary.md"
     (out / "summary.json").write_text(json.dumps({
         "metrics": {spec.name: {"label": spec.label, "lower_better": spec.lower_better, "kind": spec.kind,
@@ -216,6 +227,7 @@ def write_report(result: EvaluationResult, *, config: EvaluationConfig, inputs: 
         "versions": dict(provenance),
         "summary": result.summary,
         "rounds": result.rounds,
+        "decisions": result.decisions,
     }, indent=2), encoding="utf-8")
     files["summary.json"] = out / "summary.json"
     plots_dir = out / "plots"

@@ -58,7 +58,7 @@ def _restore_missing(folder: MethodFolder, inputs: EvalInputs, *, seed: int, dev
             seconds.setdefault("total", time.perf_counter() - start)
             save_png(result.image, folder.hq(name))
             if pipeline.projector is not None:
-                save_png(result.lq_passes[-1], folder.lq(name))
+                save_png(result.lq, folder.lq(name))  # what g restored (the input itself where f did not run)
             if folder.rounds > 1:
                 # A run whose LFO stopped early (its prompts stopped changing) would repeat its last pass:
                 # its later rounds are that pass's images.
@@ -66,10 +66,11 @@ def _restore_missing(folder: MethodFolder, inputs: EvalInputs, *, seed: int, dev
                     last = min(k, len(result.hq_rounds) - 1)
                     save_png(result.hq_rounds[last], folder.hq(name, k))
                     save_png(result.lq_passes[last], folder.lq(name, k))
-            prompts = [p if isinstance(p, str) else p[0] for p in result.prompts]
+            prompts = [p if isinstance(p, str) else p[0] for p in result.prompts]  # a batch of one image
+            decision = result.decision[0] if isinstance(result.decision, list) else result.decision
             append_record(folder.runs_log, ImageRun(image=name, seed=image_seed, prompts=prompts,
                                               lfo_passes=result.lfo_passes, lfo_stop=result.lfo_stop,
-                                              rounds=folder.rounds, seconds=seconds))
+                                              rounds=folder.rounds, seconds=seconds, decision=decision))
     finally:
         del pipeline
         gc.collect()
@@ -136,8 +137,10 @@ def evaluate(config: EvaluationConfig, *, progress: bool = True) -> EvaluationRe
                 round_row.update(suite.score_sets(folder.hq(inputs.names[0], k).parent, inputs.hq_dir))
                 rounds[label].append(round_row)
 
+    decisions = {label: decision_counts([folder.runs()[name].decision for name in inputs])
+                 for folder, label in zip(folders, labels) if folder.spec.mode == "auto"}
     result = EvaluationResult(out=out, metrics=specs, summary=summary, rounds=rounds, settings=suite.settings(),
-                              files={})
+                              files={}, decisions=decisions)
     per_image_rows = _per_image_rows(folders, labels, inputs, per_image)
     complexity = _complexity(config, labels, progress) if config.complexity else None
     result.files = write_report(result, config=config, inputs=inputs, folders=dict(zip(labels, folders)),
@@ -173,3 +176,18 @@ def _complexity(config: EvaluationConfig, labels: Sequence[str], progress: bool)
         gc.collect()
     return reports
 
+
+def decision_counts(decisions: Sequence[dict[str, Any] | None]) -> dict[str, int]:
+    """How often auto mode chose each severity and each action, e.g. ``{"severe": 3, "mild": 1, "f": 3,
+    "g alone": 1, "LFO×2": 3}``."""
+    from collections import Counter
+
+    counts: Counter[str] = Counter()
+    for decision in decisions:
+        if decision is None:
+            continue
+        counts[decision["severity"]] += 1
+        counts["f" if decision["projector"] else "g alone"] += 1
+        if decision["lfo"]:
+            counts[f"LFO×{decision['lfo']}"] += 1
+    return dict(counts)

@@ -271,3 +271,30 @@ def test_a_saved_hugging_face_dataset_is_read_in_row_order(tmp_path):
     assert np.allclose(images[1].load()[0].permute(1, 2, 0).numpy(), expected)
     with pytest.raises(ConfigError, match="column"):
         open_dataset(tmp_path / "saved")
+
+
+def test_auto_mode_is_a_method_and_the_report_counts_its_decisions(tmp_path, projector_dir, monkeypatch):
+    import elqproj.auto
+
+    scores = iter([85.0, 55.0, 12.0, 12.0])
+
+    class ScriptedScorer:  # stands in for MUSIQ (tests/test_auto.py checks the real one)
+        def __init__(self, config, device=None):
+            self.config = config
+
+        def __call__(self, images):
+            return [next(scores) for _ in images]
+
+    monkeypatch.setattr(elqproj.auto, "SeverityScorer", ScriptedScorer)
+    g = f"osediff,weights={OSEDIFF_GOLDEN_PKL},base_model={TINY_SD21},process_size={SIZE}"
+    config = _config(tmp_path, projector_dir, methods=[f"projector={projector_dir},{g},mode=auto,prompt=a photo"])
+    assert config.methods[0].label == "f+osediff auto"
+    result = evaluate(config, progress=False)
+    assert result.decisions == {"f+osediff auto": {"mild": 1, "g alone": 1, "medium": 1, "f": 3, "severe": 2,
+                                                   "LFO×2": 2}}
+    assert "Auto-mode decisions (images):" in (result.out / "summary.md").read_text()
+    assert "- f+osediff auto: mild 1, g alone 1, medium 1, f 3, severe 2, LFO×2 2" in (result.out / "summary.md").read_text()
+    assert json.loads((result.out / "summary.json").read_text())["decisions"] == result.decisions
+    assert "Auto-mode decisions" in (result.out / "report.html").read_text()
+    with pytest.raises(ConfigError, match="mode=auto chooses"):
+        parse_method(f"projector={projector_dir},osediff,mode=auto,lfo=2")
