@@ -3,7 +3,7 @@ DA-CLIP's degradation-type probabilities.
 
 ``load_prompt_extractor("daclip")`` loads the released DA-CLIP ViT-B-32 (``daclip_ViT-B-32.pt``, through the
 weights table) and tags each image zero-shot: the cosine similarity between the image's *content* embedding
-(DA-CLIP's image features with control, trained to match the clean image's CLIP embedding) and CLIP's text
+(DA-CLIP's image features with control, trained to match the caption of the clean image) and CLIP's text
 embedding of ``"a photo of a {tag}."`` for every tag of RAM's tag list; the ``top_k`` most similar tags
 (optionally only those above ``threshold``) form the prompt, most similar first. The same forward pass gives
 the degradation embedding, and with it the probabilities of DA-CLIP's ten degradation types
@@ -59,7 +59,8 @@ DEGRADATIONS: tuple[str, ...] = ("motion-blurry", "hazy", "jpeg-compressed", "lo
                                  "rainy", "shadowed", "snowy", "uncompleted")
 #: The text each tag is embedded as: CLIP's own single zero-shot template.
 TAG_TEMPLATE = "a photo of a {}."
-#: Tags kept per image: about the length of the RAM / DAPE prompts the restorers were trained with.
+#: Tags kept per image: prompts of the length RAM / DAPE typically give (a few to a dozen tags), the kind the
+#: restorers were trained with. Not tuned on the released weights.
 DEFAULT_TOP_K = 10
 # The official softmax temperature: the README scales cosine similarities by a fixed 100 (not the model's
 # learned logit scale) before the softmax over the degradation vocabulary.

@@ -5,8 +5,9 @@ frozen CLIP plus a *controller*: a trainable copy of CLIP's image tower with one
 (zero-initialised when training starts, so the untrained controller leaves CLIP unchanged). Encoding an image
 with control runs the controller first: its pooled, projected output is the **degradation embedding**, and
 the projections of its block outputs are added to the residual stream of the frozen tower, one after each
-block. The frozen tower's output is then the **content embedding**, CLIP's embedding of the image made robust
-to the degradation. The text tower is CLIP's, unchanged.
+block. The frozen tower's output is then the **content embedding**. In training, the two are matched
+contrastively to the clean image's caption and to the name of its degradation type; the text tower is CLIP's,
+unchanged.
 
 One detail of the official forward decides the weights' meaning: the frozen tower takes the controls from the
 end of the controller's list, so block ``i`` of the frozen tower receives the projection of controller block
