@@ -71,7 +71,8 @@ class RestorationResult:
             (B,3,H,W) float tensors in [0,1] on the CPU, the last one ``image``'s; else ``None``.
         decision: with ``mode="auto"``, what auto mode chose and why (for a batch, one per image):
             ``{"musiq": 31.2, "severity": "severe", "projector": True, "lfo": 2, "strength": 1.0}`` (see
-            :mod:`elqproj.auto`); ``None`` otherwise.
+            :mod:`elqproj.auto`), with ``"degradations"`` (DA-CLIP's probability of each degradation type)
+            when the prompt extractor is ``daclip``; ``None`` otherwise.
     """
 
     image: Any
@@ -484,8 +485,12 @@ class RestorationPipeline:
             return result if fixed is None else PromptResult(texts=list(fixed), image_features=result.image_features)
 
         with clock("prompt"):
-            texts = extract(x).texts
+            first = extract(x)
+        texts = first.texts
         prompts = [texts]
+        if decisions is not None and getattr(first, "degradations", None) is not None:
+            for decision, degradations in zip(decisions, first.degradations):  # DA-CLIP: how each input is degraded
+                decision["degradations"] = {name: round(value, 4) for name, value in degradations.items()}
         passes = 0
         stop = None
         if not runs_f:

@@ -333,3 +333,24 @@ def test_the_tag_command_prints_daclip_prompts(tmp_path, capsys):
     line = json.loads(capsys.readouterr().out.splitlines()[-1])
     expected = _load(tag_list=tmp_path / "tags.txt")([Image.open(image)])[0]
     assert line == {"file": str(image), "prompt": expected} and len(expected.split(", ")) == 8
+
+
+def test_auto_mode_reports_daclips_degradation_probabilities_in_each_decision(daclip):
+    projector = Projector.from_base(TINY_SD21, device="cpu")
+    from tests.identity_restorer import IdentityRestorer
+
+    pipe = RestorationPipeline(IdentityRestorer(), projector=projector, prompt_extractor=daclip)
+
+    class Scores:  # stands in for MUSIQ (tests/test_auto.py checks the real one)
+        config = pipe.auto_config
+
+        def __call__(self, images):
+            return [20.0] * images.shape[0]
+
+    pipe.severity_scorer = Scores()
+    elq = _images(2, (64, 64))
+    res = pipe(elq, mode="auto", seed=[0, 1], process_size=0, progress=False)
+    expected = daclip.degradation_probabilities(elq)
+    for decision, probabilities in zip(res.decision, expected):
+        assert list(decision["degradations"]) == list(DEGRADATIONS)
+        assert decision["degradations"] == pytest.approx(probabilities, abs=1e-4)
