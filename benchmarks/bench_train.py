@@ -78,6 +78,13 @@ class RandomOneStepRestorer(Restorer):
     def restore(self, image: Any, *, prompt: Any = None, seed: int | None = None, **kwargs: Any) -> Any:
         return self.projector.project(image, prompt=prompt, seed=seed)
 
+    @torch.no_grad()
+    def _restore_batch(self, lq: torch.Tensor, *, prompts: list[str] | None, image_features: Any, seed: Any,
+                       tiling: Any, progress: bool) -> torch.Tensor:
+        """One pass on ``lq`` (B,3,H,W) in [-1, 1] (``None`` prompts: empty) -> (B,3,H,W) in [-1, 1]."""
+        embeds = self.encode_prompt(prompts if prompts is not None else [""] * lq.shape[0])
+        return self.projector(lq, embeds, seed=seed, tiling=tiling).image
+
 
 def write_random_base(folder: Path, shapes: dict, device: torch.device, dtype: torch.dtype) -> tuple[Path, dict[str, int]]:
     """A diffusers SD2.1-style tree with random weights at ``shapes`` (initialised on ``device``)."""
