@@ -105,7 +105,7 @@ def _load_pipeline(args: argparse.Namespace, *, fresh_projector: bool = False):
         projector=projector, projector_options=projector_options, restorer=args.backend,
         restorer_options=restorer_options, prompt_extractor=extractor,
         prompt_extractor_options=extractor_options or None,
-        device=args.device, dtype=args.dtype,
+        device=args.device, dtype=args.dtype, compile=args.compile, preview_decoder=args.preview_decoder,
     )
     tile = {}
     if args.tile_size:  # official proportions: overlap a third of the 96-latent tile (32)
@@ -449,6 +449,10 @@ def _add_model_arguments(p: argparse.ArgumentParser, *, projector_help: str) -> 
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="weights dtype")
     p.add_argument("--tiling", default="auto", choices=["auto", "always", "never"], help="latent/VAE tiling")
+    p.add_argument("--preview-decoder", default=None, metavar="taesd|DIR",
+                   help="decode the LFO passes the tagger looks at with TAESD (cheaper; the result keeps the full decoder)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the UNets, VAEs and ControlNet (slow first call per size; faster on GPUs)")
     p.add_argument("--tile-size", type=int, default=None, help="latent tile size in image pixels, at least 32 (default 768)")
 
 

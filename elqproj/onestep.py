@@ -67,13 +67,14 @@ def prompts_for_batch(prompt: str | Sequence[str] | None, batch: int) -> list[st
 class OneStepOutput:
     """Every intermediate of one engine pass (all tensors batch-first).
 
-    image: (B,3,H,W) in [-1,1] (clamped); decoded_raw: the decoder output before clamping;
-    latent: (B,4,H/8,W/8) scaled VAE latent (UNet input); posterior_mean / posterior_std: unscaled;
-    model_pred: the UNet's ε prediction (after guidance); x0: predicted clean latent (scaled).
+    image: (B,3,H,W) in [-1,1] (clamped); decoded_raw: the decoder output before clamping (both ``None``
+    for a pass run with ``decode=False``); latent: (B,4,H/8,W/8) scaled VAE latent (UNet input);
+    posterior_mean / posterior_std: unscaled; model_pred: the UNet's ε prediction (after guidance); x0:
+    predicted clean latent (scaled).
     """
 
-    image: torch.Tensor
-    decoded_raw: torch.Tensor
+    image: torch.Tensor | None
+    decoded_raw: torch.Tensor | None
     latent: torch.Tensor
     model_pred: torch.Tensor
     x0: torch.Tensor
@@ -335,13 +336,15 @@ class OneStepSD(AdapterSetMixin, nn.Module):
         guidance_scale: float = 1.0,
         latent: torch.Tensor | None = None,
         tiling: tiling_mod.TilingConfig | None = None,
+        decode: bool = True,
     ) -> OneStepOutput:
         """One step with the active adapter set: image (B,3,H,W) in [-1,1] -> restored image in [-1,1].
 
         Differentiable (no ``no_grad`` inside) so that training can back-propagate through f and g.
         ``latent`` skips the VAE encoder (LFO reuses the ELQ latent across passes: the encoder does not
         depend on the prompt); then ``x`` is only used for its batch size. ``tiling`` overrides
-        :attr:`tiling` for this pass (latent and VAE tiling).
+        :attr:`tiling` for this pass (latent and VAE tiling). ``decode=False`` stops at ``x0`` (the caller
+        decodes it, e.g. with a preview decoder).
         """
         if latent is None:
             latent, posterior = self.encode_image(x, noise=encoder_noise, seed=seed, generator=generator,
@@ -352,6 +355,6 @@ class OneStepSD(AdapterSetMixin, nn.Module):
         model_pred = self.predict_noise(latent, prompt_embeds, timestep=timestep, negative_embeds=negative_embeds,
                                         guidance_scale=guidance_scale, tiling=tiling)
         x0 = self.x0_from_noise(latent, model_pred, timestep)
-        raw = self.decode_latent(x0, tiling=tiling)
-        return OneStepOutput(image=raw.clamp(-1, 1), decoded_raw=raw, latent=latent, model_pred=model_pred,
-                             x0=x0, posterior_mean=mean, posterior_std=std)
+        raw = self.decode_latent(x0, tiling=tiling) if decode else None
+        return OneStepOutput(image=None if raw is None else raw.clamp(-1, 1), decoded_raw=raw, latent=latent,
+                             model_pred=model_pred, x0=x0, posterior_mean=mean, posterior_std=std)

@@ -58,7 +58,8 @@ class RestorationResult:
         lq: the LQ proxy after the last projector pass, in the input's kind.
         prompts: the prompt of every pass in order, [c¹, …, c^{lfo+1}, c_LQ] (c_LQ conditions g); for
             a batch, each entry is a list with one prompt per image.
-        lq_passes: the LQ proxy of every projector pass, (B,3,H,W) float tensors in [0,1] on the CPU.
+        lq_passes: the LQ proxy of every projector pass, (B,3,H,W) float tensors in [0,1] on the CPU (with a
+            :attr:`~RestorationPipeline.preview_decoder`, every pass but the last is its preview decode).
         timings: seconds per stage: "prompt" (Y on the input and on the final LQ proxy), "project" (f's
             first pass), "lfo" (every Look-Forward-Once round: Y on the proxy and f again; only when
             ``lfo`` is not 0), "restore" (g) and "total" (the whole call, sizing and conversions included).
@@ -213,6 +214,9 @@ class RestorationPipeline:
         #: "rounds", "restore"), given the stage's name, outside its timing: e.g. a FLOP counter per stage
         #: (elqproj.evaluation.complexity).
         self.stage_hooks: list[Callable[[str], AbstractContextManager]] = []
+        #: Opt-in decoder of the LFO passes' previews (:mod:`elqproj.preview`, TAESD); ``None``: the full VAE
+        #: decoder everywhere. The LQ proxy g gets is always decoded by the full decoder.
+        self.preview_decoder: Any = None
         #: What ``mode="auto"`` does per severity (thresholds, the scorer, each bucket's f / LFO / strength).
         self.auto_config = AutoConfig()
         #: The no-reference scorer of auto mode, loaded on its first use (its weights download once).
@@ -231,6 +235,8 @@ class RestorationPipeline:
         prompt_extractor_options: dict[str, Any] | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = None,
+        compile: bool | dict[str, Any] = False,
+        preview_decoder: Any = None,
     ) -> RestorationPipeline:
         """Load the components named here (loaded objects are used as they are).
 
@@ -248,6 +254,11 @@ class RestorationPipeline:
             device, dtype: where everything loaded here runs (default: CUDA if available, float32; the
                 extractor stays float32 unless its options say otherwise). A loaded projector decides
                 for the restorer.
+            compile: ``True`` (or ``torch.compile`` options as a dict) compiles the heavy networks once
+                loaded (:meth:`compile`).
+            preview_decoder: ``"taesd"`` (or an AutoencoderTiny folder / Hub id, or a loaded
+                :class:`~elqproj.preview.PreviewDecoder`) decodes the LFO passes for the prompt extractor
+                (:attr:`preview_decoder`); ``None``: the full decoder.
         """
         from .adapters.base import Restorer, get_restorer_class, load_restorer
         from .prompts import load_prompt_extractor
@@ -282,7 +293,15 @@ class RestorationPipeline:
             prompt_extractor = load_prompt_extractor(prompt_extractor, **extractor_options)
         elif extractor_options:
             raise InvalidInputError("prompt_extractor_options apply only when prompt_extractor is a name.")
-        return cls(restorer, projector=projector, prompt_extractor=prompt_extractor)
+        pipeline = cls(restorer, projector=projector, prompt_extractor=prompt_extractor)
+        if isinstance(preview_decoder, (str, os.PathLike)):
+            from .preview import load_preview_decoder
+
+            preview_decoder = load_preview_decoder(preview_decoder, device=device, dtype=dtype)
+        pipeline.preview_decoder = preview_decoder
+        if compile:
+            pipeline.compile(**(compile if isinstance(compile, dict) else {}))
+        return pipeline
 
     @classmethod
     def from_pretrained(
@@ -337,6 +356,26 @@ class RestorationPipeline:
     def min_image_side(self) -> int:
         """The smallest side (px) the pipeline runs at: the projector's minimum, else 8."""
         return self.projector.engine.min_image_side if self.projector is not None else 8
+
+    def compile(self, **options: Any) -> list[str]:
+        """``torch.compile`` the heavy networks in place (``nn.Module.compile``): every distinct UNet, VAE and
+        ControlNet of f and g (a base shared by f and g is compiled once). ``options`` go to
+        ``torch.compile`` (``mode="max-autotune"``, ``backend=…``, ``dynamic=…``). The first call at each
+        image size is slow (compilation); later calls are faster on GPUs. Returns the compiled modules' names.
+
+        Raises:
+            ConfigError: ``torch.compile`` refuses the options.
+        """
+        compiled: dict[int, str] = {}
+        for owner, component in (("projector", self.projector), ("restorer", self.restorer)):
+            for name, module in _heavy_modules(component, owner):
+                if id(module) not in compiled:
+                    try:
+                        module.compile(**options)
+                    except (TypeError, RuntimeError, ValueError) as exc:
+                        raise ConfigError(f"torch.compile refused the options {options}: {exc}") from None
+                    compiled[id(module)] = name
+        return list(compiled.values())
 
     def configure_tiling(self, config: Any) -> None:
         """Use ``config`` (:class:`~elqproj.tiling.TilingConfig`) for f's and g's latent and VAE tiling in
@@ -500,10 +539,13 @@ class RestorationPipeline:
         else:
             elq = unit_to_signed(padded).to(self.projector.device, self.projector.dtype)
             blend = _strength_blend(strengths, padded.to(self.projector.device))
+            # Previews only where a tagger looks at a pass; the proxy g gets is decoded in full below.
+            preview = self.preview_decoder is not None and cap > 0 and not return_rounds
             with clock("project"):
                 latent = self.projector.encode_image(elq, seed=seed, sample_posterior=sample_posterior,
                                                      tiling=self.tiling)
-                lq = blend(self._project(elq, latent, texts))
+                image, x0 = self._project(elq, latent, texts, preview=preview)
+                lq = blend(image)
             lq_passes = [lq]
             bar.update(2)
             while passes < cap:
@@ -521,14 +563,20 @@ class RestorationPipeline:
                     break
                 prompts.append(texts)
                 with clock("lfo"):
-                    refined = blend(self._project(elq, latent, texts))
+                    image, refined_x0 = self._project(elq, latent, texts, preview=preview)
+                    refined = blend(image)
                 if limits is not None:
-                    going_on = torch.tensor([passes < limit for limit in limits], device=refined.device)
-                    refined = torch.where(going_on.view(-1, 1, 1, 1), refined, lq)
-                lq = refined
+                    going_on = torch.tensor([passes < limit for limit in limits], device=refined.device).view(-1, 1, 1, 1)
+                    refined = torch.where(going_on, refined, lq)
+                    refined_x0 = torch.where(going_on.to(refined_x0.device), refined_x0, x0)
+                lq, x0 = refined, refined_x0
                 lq_passes.append(lq)
                 passes += 1
                 bar.update(1)
+            if preview:  # the proxy g restores: the last pass's latent through the full decoder
+                with clock("project"):
+                    lq = blend(signed_to_unit(self.projector.decode_latent(x0, tiling=self.tiling).clamp(-1, 1).float()))
+                lq_passes[-1] = lq
         with clock("prompt"):
             result = extract(lq, features=self.restorer.capabilities.uses_image_features)
         prompts.append(result.texts)
@@ -575,11 +623,14 @@ class RestorationPipeline:
 
         return restore_folder(self, inputs, output_dir, **options)
 
-    def _project(self, elq: torch.Tensor, latent: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
-        """One f pass from the cached ELQ latent -> LQ proxy (B,3,H,W) in [0,1], float32, on f's device."""
+    def _project(self, elq: torch.Tensor, latent: torch.Tensor, texts: Sequence[str], *, preview: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One f pass from the cached ELQ latent -> (LQ proxy (B,3,H,W) in [0,1], float32, on f's device;
+        its scaled latent x0). ``preview``: decoded by :attr:`preview_decoder` instead of the VAE decoder."""
         embeds = self.projector.encode_prompt(list(texts))
-        out = self.projector(elq, embeds, latent=latent, tiling=self.tiling)
-        return signed_to_unit(out.image.float())
+        out = self.projector(elq, embeds, latent=latent, tiling=self.tiling, decode=not preview)
+        image = self.preview_decoder(out.x0).to(out.x0.device) if preview else out.image
+        return signed_to_unit(image.float()), out.x0
 
     def check_restorer_options(self, options: dict[str, Any] | None) -> None:
         """Refuse ``restorer_options`` before any work: the pipeline's own settings (prompt, seed, tiling, …)
@@ -689,3 +740,16 @@ def _strength_blend(strengths: Sequence[float], x: torch.Tensor) -> Callable[[to
         return lambda proxy: proxy
     weight = torch.tensor(strengths, dtype=torch.float32, device=x.device).view(-1, 1, 1, 1)
     return lambda proxy: (1 - weight) * x.float() + weight * proxy
+
+
+def _heavy_modules(component: Any, owner: str) -> list[tuple[str, torch.nn.Module]]:
+    """The UNets, VAEs and ControlNets a component runs (directly or through its one-step engine)."""
+    if component is None:
+        return []
+    found = []
+    for holder, prefix in ((component, owner), (getattr(component, "engine", None), f"{owner}.engine")):
+        for attribute in ("unet", "vae", "controlnet"):
+            module = getattr(holder, attribute, None) if holder is not None else None
+            if isinstance(module, torch.nn.Module):
+                found.append((f"{prefix}.{attribute}", module))
+    return found

@@ -247,6 +247,11 @@ class Projector(torch.nn.Module):
         with self.engine.using(self.adapter_set):
             return self.engine.encode_image(x, **kwargs)[0]
 
+    def decode_latent(self, x0: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """f's VAE decoder on a scaled latent (B,4,h,w) -> raw image (B,3,8h,8w), roughly [-1,1], unclamped."""
+        with self.engine.using(self.adapter_set):
+            return self.engine.decode_latent(x0, **kwargs)
+
     def forward(self, x: torch.Tensor, prompt_embeds: torch.Tensor, **kwargs: Any) -> OneStepOutput:
         """Differentiable f on (B,3,H,W) in [-1,1], H and W multiples of 8 -> :class:`OneStepOutput`
         (``.image`` in [-1,1], same size). Keyword arguments go to :meth:`OneStepSD.forward`."""

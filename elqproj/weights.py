@@ -150,6 +150,12 @@ COMPONENTS: dict[str, Component] = {c.name: c for c in [
               files=TRANSFORMERS_MODEL_FILES, allow_patterns=TRANSFORMERS_MODEL_FILES,
               format="transformers folder, safetensors", size="0.5 GB", licence="Apache-2.0", used_by=["vlm"],
               citation="Marafioti et al., SmolVLM: Redefining small and efficient multimodal models (arXiv:2504.05299)"),
+    Component(name="taesd", description="TAESD, a tiny decoder for SD latents (the opt-in preview decoder of LFO passes)",
+              kind="hub-repo", source="madebyollin/taesd", files=["config.json", "diffusion_pytorch_model.safetensors"],
+              allow_patterns=["config.json", "diffusion_pytorch_model.safetensors"],
+              format="diffusers AutoencoderTiny folder, safetensors", size="10 MB", licence="MIT",
+              used_by=["preview decoder"],
+              citation="Bohan, TAESD: Tiny AutoEncoder for Stable Diffusion (github.com/madebyollin/taesd)"),
 ]}
 
 

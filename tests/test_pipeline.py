@@ -371,3 +371,67 @@ def test_bad_restorer_options_are_refused_before_f_runs(pipeline, options, messa
     finally:
         hook.remove()
     assert counts == []  # f never encoded the image
+
+
+def test_compile_compiles_each_network_once_and_keeps_the_output():
+    projector = Projector.from_base(TINY_SD21, device="cpu")
+    restorer = load_restorer("osediff", weights=OSEDIFF_GOLDEN_PKL, base_model=TINY_SD21, device="cpu")
+    pipe = RestorationPipeline(restorer, projector=projector)
+    x = _elq(1)
+    expected = pipe(x, seed=0, process_size=0, progress=False).image
+    assert restorer.engine is projector.engine  # g on f's base: one copy of the networks...
+    try:
+        names = pipe.compile(backend="eager")  # dynamo traces the networks; no C++ toolchain needed
+        assert names == ["projector.engine.unet", "projector.engine.vae"]  # ...compiled once
+        assert projector.engine.unet._compiled_call_impl is not None
+        torch.testing.assert_close(pipe(x, seed=0, process_size=0, progress=False).image, expected, atol=1e-5, rtol=0)
+    finally:  # the engine is shared with the other tests' pipelines (one engine per base): leave it uncompiled
+        for module in (projector.engine.unet, projector.engine.vae):
+            module._compiled_call_impl = None
+
+
+def test_compile_refuses_an_unknown_backend(pipeline):
+    pipe = RestorationPipeline(IdentityRestorer(), projector=Projector.from_base(TINY_SD21, device="cpu"))
+    with pytest.raises(ConfigError, match="torch.compile refused"):
+        pipe.compile(backend="no-such-backend")
+
+
+@pytest.fixture(scope="module")
+def tiny_taesd(tmp_path_factory):
+    """A random AutoencoderTiny with narrow blocks, saved as a diffusers folder."""
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("taesd")
+    AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8)).save_pretrained(folder)
+    return folder
+
+
+def test_a_preview_decoder_shows_the_tagger_previews_and_g_the_full_decode(pipeline, tiny_taesd):
+    from elqproj.preview import load_preview_decoder
+
+    decodes = []
+    hook = pipeline.projector.engine.vae.decoder.register_forward_pre_hook(lambda module, args: decodes.append(1))
+    try:
+        plain_tagger = ScriptedTagger(["a", "b", "c", "d"])
+        plain = _with(pipeline, plain_tagger)(_elq(1), lfo=2, seed=0, process_size=0, progress=False)
+        full_decodes = len(decodes)
+        decodes.clear()
+        tagger = ScriptedTagger(["a", "b", "c", "d"])
+        pipe = _with(pipeline, tagger)
+        pipe.preview_decoder = load_preview_decoder(tiny_taesd, device="cpu")
+        res = pipe(_elq(1), lfo=2, seed=0, process_size=0, progress=False)
+    finally:
+        hook.remove()
+    # three f passes and g's decode (g shares the engine); previews spare the decodes of the first two passes
+    assert (full_decodes, len(decodes)) == (4, 2)
+    torch.testing.assert_close(res.lq, plain.lq, atol=1e-6, rtol=0)  # g gets the full decode of the last pass
+    assert not torch.allclose(tagger.calls[1], plain_tagger.calls[1], atol=1e-3)  # Y saw pass 1's preview
+    assert res.prompts == plain.prompts
+
+
+def test_the_default_preview_decoder_offline_without_cache_names_the_download(tmp_path):
+    from elqproj.preview import load_preview_decoder
+
+    with pytest.raises(WeightsNotFoundError, match="taesd"):
+        load_preview_decoder("taesd", device="cpu")
