@@ -31,10 +31,12 @@ TINY_SD21 = FIXTURES_DIR / "tiny-sd21"
 
 def configured_threads() -> int:
     """torch's intra-op thread count for the whole run: ``ELQPROJ_TEST_THREADS`` (a positive integer),
-    else the machine's cores, at most 2. The golden tests pass at any count (CI also runs them at 1)."""
+    else the machine's cores shared among pytest-xdist's workers, at most 2 each. The golden tests pass at
+    any count (CI also runs them at 1)."""
     value = os.environ.get("ELQPROJ_TEST_THREADS", "").strip()
     if not value:
-        return max(1, min(2, os.cpu_count() or 1))
+        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+        return max(1, min(2, (os.cpu_count() or 1) // workers))
     if not value.isdigit() or int(value) < 1:
         raise ValueError(f"ELQPROJ_TEST_THREADS must be a positive integer, got {value!r}")
     return int(value)
