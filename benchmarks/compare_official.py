@@ -1,7 +1,15 @@
-"""Our degradation engine side by side with the official Real-ESRGAN code, on the same machine and torch.
+"""Ours side by side with the official code, on the same machine and torch: two parts.
 
-    python benchmarks/compare_official.py                                   # batch 1 and 8, 512² HQ, 5 rounds
-    python benchmarks/compare_official.py --batch-sizes 1 --rounds 9 --threads 2
+    python benchmarks/compare_official.py                                   # degradations (the default part)
+    python benchmarks/compare_official.py degradations --batch-sizes 1 --rounds 9 --threads 2
+    python benchmarks/compare_official.py osediff --sizes 256 512 --rounds 10
+    python benchmarks/compare_official.py osediff --official-dir PATH       # an extracted copy, no download
+
+``osediff``: OSEDiff inference against the official ``OSEDiff_test`` on one random full-size checkpoint, CPU,
+fp32 (see ``official_osediff.py`` beside this file). It exits with status 2 and says why when the official
+code cannot be downloaded (offline) and no ``--official-dir`` is given.
+
+``degradations``: our degradation engine against the official Real-ESRGAN code.
 
 The official code is BasicSR 1.4.2 (``filter2D``, ``USMSharp``, ``DiffJPEG``, the noise functions) and
 Real-ESRGAN 0.3.0 (``RealESRGANModel.feed_data``, the second-order degradation as its training runs it),
@@ -35,6 +43,8 @@ import time
 import types
 import zipfile
 from pathlib import Path
+
+import official_osediff  # same folder
 
 OFFICIAL_PACKAGES = ("basicsr==1.4.2", "realesrgan==0.3.0")
 
@@ -166,19 +176,50 @@ def run_side(args: argparse.Namespace) -> None:
     print(json.dumps({"images_per_s": args.batches * args.batch / seconds}))
 
 
-def main() -> None:
+PARTS = ("degradations", "osediff")
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The part (``degradations`` when none is named, as before parts existed) and its options."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in PARTS and argv[0] not in ("-h", "--help")):
+        argv = ["degradations", *argv]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--images", type=int, default=16, help="images timed per side and round (default 16)")
-    parser.add_argument("--size", type=int, default=512, help="HQ side (px); the LQ is a quarter of it")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--official-dir", type=Path, default=Path.home() / ".cache" / "elqproj-bench" / "official")
-    parser.add_argument("--side", choices=["ours", "official"], help=argparse.SUPPRESS)
-    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--batches", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    parts = parser.add_subparsers(dest="part", metavar="{degradations,osediff}")
+    degradations = parts.add_parser("degradations", help="the degradation engine against Real-ESRGAN's (default)")
+    degradations.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    degradations.add_argument("--images", type=int, default=16, help="images timed per side and round (default 16)")
+    degradations.add_argument("--size", type=int, default=512, help="HQ side (px); the LQ is a quarter of it")
+    degradations.add_argument("--rounds", type=int, default=5)
+    degradations.add_argument("--threads", type=int, default=2)
+    degradations.add_argument("--seed", type=int, default=0)
+    degradations.add_argument("--official-dir", type=Path, default=Path.home() / ".cache" / "elqproj-bench" / "official")
+    degradations.add_argument("--side", choices=["ours", "official"], help=argparse.SUPPRESS)
+    degradations.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    degradations.add_argument("--batches", type=int, help=argparse.SUPPRESS)
+    osediff = parts.add_parser("osediff", help="OSEDiff inference against the official OSEDiff_test (CPU, fp32)",
+                               description=official_osediff.__doc__.split("\n\n")[0])
+    official_osediff.add_arguments(osediff)
+    args = parser.parse_args(argv)
+    if args.part == "osediff":
+        official_osediff.check_arguments(osediff, args)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
+    if args.part == "osediff":
+        try:
+            official_osediff.run(args)
+        except official_osediff.OfficialUnavailable as exc:
+            print(f"compare_official.py osediff: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    compare_degradations(args)
+    return 0
+
+
+def compare_degradations(args: argparse.Namespace) -> None:
     if args.side:
         run_side(args)
         return
@@ -191,8 +232,8 @@ def main() -> None:
             for side in ("official", "ours"):
                 if side == "official" and failure:
                     continue
-                command = [sys.executable, __file__, "--side", side, "--batch", str(batch), "--size", str(args.size),
-                           "--batches", str(max(1, args.images // batch)), "--threads", str(args.threads),
+                command = [sys.executable, __file__, "degradations", "--side", side, "--batch", str(batch),
+                           "--size", str(args.size), "--batches", str(max(1, args.images // batch)), "--threads", str(args.threads),
                            "--seed", str(args.seed + round_), "--official-dir", str(args.official_dir)]
                 done = subprocess.run(command, capture_output=True, text=True)
                 if done.returncode:
@@ -214,5 +255,6 @@ def main() -> None:
             row["median_vs_official_best_batch"] = round(statistics.median(rates["ours"]) / best_official, 2)
         print(json.dumps(row), flush=True)
 
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,8 +1,10 @@
-"""`elqproj bench` and `elqproj.benchmarking.benchmark_restore`: rows, keys, stages, errors (no timing limits)."""
+"""`elqproj bench` and `elqproj.benchmarking.benchmark_restore`: rows, keys, stages, errors (no timing limits);
+benchmarks/compare_official.py's parts and its exit when the official code cannot be had."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -117,3 +119,37 @@ def test_bench_says_when_a_size_ran_at_the_process_size_instead(tmp_path, capsys
     out = capsys.readouterr().out
     assert "note: size(s) 64 ran at --process-size 128 px" in out
     assert [row["process_side"] for row in json.loads((tmp_path / "bench.json").read_text())] == [128, 128]
+
+
+@pytest.fixture
+def compare_official(monkeypatch):
+    """benchmarks/compare_official.py as a module (it imports its helper from its own folder)."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    return importlib.import_module("compare_official")
+
+
+def test_compare_official_has_an_osediff_part_and_keeps_degradations_the_default(compare_official):
+    args = compare_official.parse_arguments(["osediff", "--sizes", "256", "512", "--rounds", "10"])
+    assert args.part == "osediff" and args.sizes == [256, 512] and args.rounds == 10 and args.threads == 2
+    assert args.official_dir is None and "ours" in args.variants
+    old = compare_official.parse_arguments(["--rounds", "3", "--batch-sizes", "1"])
+    assert old.part == "degradations" and old.rounds == 3 and old.batch_sizes == [1]
+
+
+def test_compare_official_osediff_exits_2_saying_why_when_the_official_code_cannot_be_had(
+        compare_official, tmp_path, monkeypatch, capsys):
+    import urllib.error
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(compare_official.official_osediff.urllib.request, "urlopen", offline)
+    options = ["--cache-dir", str(tmp_path / "cache"), "--weights-dir", str(tmp_path / "weights")]
+    assert compare_official.main(["osediff", *options]) == 2
+    err = capsys.readouterr().err
+    assert "Could not download the official OSEDiff code" in err and "no network" in err and "--official-dir" in err
+    assert compare_official.main(["osediff", *options, "--official-dir", str(tmp_path)]) == 2
+    assert "holds no osediff.py" in capsys.readouterr().err
+    assert not (tmp_path / "weights").exists()  # nothing is built before the official code is there
