@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import pickle
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ __all__ = [
     "resolve_dir",
     "resolve_file",
     "load_checkpoint",
+    "load_state_strictly",
     "save_checkpoint",
     "CONVERTED_INDEX",
     "split_prefixed",
@@ -324,6 +325,28 @@ def _verify_hub_blob(path: Path) -> None:
     blob = path.resolve()
     if blob.parent.name == "blobs" and len(blob.name) == 64 and all(c in "0123456789abcdef" for c in blob.name):
         verify_recorded(blob, expected=blob.name, fix=f"delete {blob} and {path}, then load it again to download it")
+
+
+def load_state_strictly(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, unknown: Sequence[str] = (),
+                        source: str, what: str, fix: str) -> None:
+    """``model.load_state_dict(state, strict=True)``, all or nothing, after a check that names every problem:
+    keys ``model`` needs that ``state`` lacks, keys it does not know (plus ``unknown``: keys the caller could
+    not map), and shapes that differ.
+
+    Raises:
+        CheckpointMismatchError: ``"{source} does not fit {what}: <problems>. {fix}"``.
+    """
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = list(unknown) + sorted(set(state) - set(expected))
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+              for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k].shape]
+    if missing or unexpected or shapes:
+        parts = [f"{label} {len(items)}: {items[:5]}{' …' if len(items) > 5 else ''}"
+                 for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", shapes))
+                 if items]
+        raise CheckpointMismatchError(f"{source} does not fit {what}: " + "; ".join(parts) + f". {fix}")
+    model.load_state_dict(state, strict=True)
 
 
 def load_checkpoint(path: WeightsSpec, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -36,6 +36,7 @@ from pydantic import model_validator
 from torch import nn
 
 from elqproj.errors import CheckpointMismatchError, ConfigError
+from elqproj.hub import load_state_strictly
 from elqproj.validation import ConfigModel
 
 __all__ = [
@@ -374,17 +375,7 @@ def load_official_weights(model: DaCLIPModel, state: Mapping[str, torch.Tensor],
             the message names them.
     """
     converted, unknown = _to_model_names(state)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(converted))
-    unexpected = unknown + sorted(set(converted) - set(expected))
-    shapes = [f"{k}: checkpoint {tuple(converted[k].shape)} vs model {tuple(expected[k].shape)}"
-              for k in sorted(set(converted) & set(expected)) if converted[k].shape != expected[k].shape]
-    if missing or unexpected or shapes:
-        parts = [f"{label} {len(items)}: {items[:5]}{' …' if len(items) > 5 else ''}"
-                 for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", shapes))
-                 if items]
-        raise CheckpointMismatchError(
-            f"{source} does not fit the DA-CLIP architecture {model.config.model_dump()}: " + "; ".join(parts)
-            + ". Pass a DA-CLIP checkpoint and, for another architecture, config= (or its official JSON beside it)."
-        )
-    model.load_state_dict(converted, strict=True)
+    load_state_strictly(model, converted, unknown=unknown, source=source,
+                        what=f"the DA-CLIP architecture {model.config.model_dump()}",
+                        fix="Pass a DA-CLIP checkpoint and, for another architecture, config= (or its official JSON "
+                            "beside it).")

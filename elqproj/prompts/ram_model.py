@@ -32,6 +32,7 @@ from pydantic import model_validator
 from torch import nn
 
 from elqproj.errors import CheckpointMismatchError, ConfigError
+from elqproj.hub import load_state_strictly
 from elqproj.validation import ConfigModel
 
 __all__ = [
@@ -432,19 +433,7 @@ def load_official_weights(model: RAMModel, state: Mapping[str, torch.Tensor], *,
     """
     tagging = {k: v for k, v in state.items() if k.startswith(_TAGGING_PREFIXES)}
     unknown = sorted(k for k in state if k not in tagging and not k.startswith(_UNUSED_PREFIXES))
-    converted = _to_model_names(tagging, model)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(converted))
-    unexpected = unknown + sorted(set(converted) - set(expected))
-    shapes = [f"{k}: checkpoint {tuple(converted[k].shape)} vs model {tuple(expected[k].shape)}"
-              for k in sorted(set(converted) & set(expected)) if converted[k].shape != expected[k].shape]
-    if missing or unexpected or shapes:
-        parts = [f"{label} {len(items)}: {items[:5]}{' …' if len(items) > 5 else ''}"
-                 for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", shapes))
-                 if items]
-        raise CheckpointMismatchError(
-            f"{source} does not fit the RAM architecture {model.config.model_dump()}: " + "; ".join(parts)
-            + ". Pass the RAM checkpoint (ram_swin_large_14m.pth), a config= that matches it, and a tag list "
-            "with one line per class."
-        )
-    model.load_state_dict(converted, strict=True)
+    load_state_strictly(model, _to_model_names(tagging, model), unknown=unknown, source=source,
+                        what=f"the RAM architecture {model.config.model_dump()}",
+                        fix="Pass the RAM checkpoint (ram_swin_large_14m.pth), a config= that matches it, and a tag "
+                            "list with one line per class.")
