@@ -13,7 +13,6 @@ the degradation embedding, and with it the probabilities of DA-CLIP's ten degrad
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from elqproj.prompts.daclip_model import (
     load_official_weights,
     official_daclip_state,
 )
-from elqproj.prompts.ram import RAM_TAG_LIST, read_tag_list
+from elqproj.prompts.ram import RAM_TAG_LIST, read_tag_list, tag_indices
 from elqproj.weights import COMPONENTS, resolve_weights
 
 __all__ = [
@@ -170,24 +169,9 @@ class DaCLIPTagger(PromptExtractor):
         self.degradations = list(degradations)
         self.batch_size = batch_size
         self.progress = progress
-        self.excluded = self._tag_indices(exclude_tags)
+        self.excluded = tag_indices(exclude_tags, self.tags)
         self._tag_embeddings: torch.Tensor | None = None
         self._degradation_embeddings: torch.Tensor | None = None
-
-    def _tag_indices(self, selection: Sequence[int | str]) -> list[int]:
-        index = {tag: i for i, tag in enumerate(self.tags)}
-        out = []
-        for item in selection:
-            if isinstance(item, str) and item in index:
-                out.append(index[item])
-            elif isinstance(item, str):
-                close = difflib.get_close_matches(item, self.tags, n=3)
-                raise ConfigError(f"exclude_tags: {item!r} is not a tag" + (f"; did you mean {close}?" if close else "."))
-            elif isinstance(item, int) and -len(self.tags) <= item < len(self.tags):
-                out.append(item % len(self.tags))
-            else:
-                raise ConfigError(f"exclude_tags: {item!r} is neither a tag name nor an index below {len(self.tags)}.")
-        return out
 
     @property
     def config(self) -> DaCLIPConfig:

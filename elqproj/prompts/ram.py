@@ -43,6 +43,7 @@ __all__ = [
     "load_dape",
     "ram_pixel_values",
     "read_tag_list",
+    "tag_indices",
     "read_tag_thresholds",
     "RAM_WEIGHTS",
     "RAM_TAG_LIST",
@@ -147,6 +148,27 @@ def read_tag_thresholds(spec: str | os.PathLike | Sequence[float]) -> torch.Tens
         raise ConfigError(f"{spec} is not a threshold file (one float per line): {exc}") from exc
 
 
+def tag_indices(selection: Sequence[int | str], tags: Sequence[str]) -> list[int]:
+    """Tag names or indices (negative ones count from the end) -> indices into ``tags``.
+
+    Raises:
+        ConfigError: a name that is not a tag (the message suggests close ones) or an index out of range.
+    """
+    index = {tag: i for i, tag in enumerate(tags)}
+    out = []
+    for item in selection:
+        if isinstance(item, str):
+            if item not in index:
+                close = difflib.get_close_matches(item, tags, n=3)
+                raise ConfigError(f"exclude_tags: {item!r} is not a tag" + (f"; did you mean {close}?" if close else "."))
+            out.append(index[item])
+        elif isinstance(item, int) and -len(tags) <= item < len(tags):
+            out.append(item % len(tags))
+        else:
+            raise ConfigError(f"exclude_tags: {item!r} is neither a tag name nor an index below {len(tags)}.")
+    return out
+
+
 class RAMTagger(PromptExtractor):
     """RAM / DAPE as a prompt extractor: tags above their class threshold, in tag-list order.
 
@@ -188,22 +210,7 @@ class RAMTagger(PromptExtractor):
         self.name = name
         self.separator = separator
         self.preprocessing: Preprocessing = preprocessing
-        self.excluded = self._class_indices(exclude_tags)
-
-    def _class_indices(self, selection: Sequence[int | str]) -> list[int]:
-        index = {tag: i for i, tag in enumerate(self.tags)}
-        out = []
-        for item in selection:
-            if isinstance(item, str):
-                if item not in index:
-                    close = difflib.get_close_matches(item, self.tags, n=3)
-                    raise ConfigError(f"exclude_tags: {item!r} is not a tag" + (f"; did you mean {close}?" if close else "."))
-                out.append(index[item])
-            elif isinstance(item, int) and -len(self.tags) <= item < len(self.tags):
-                out.append(item % len(self.tags))
-            else:
-                raise ConfigError(f"exclude_tags: {item!r} is neither a tag name nor a class index below {len(self.tags)}.")
-        return out
+        self.excluded = tag_indices(exclude_tags, self.tags)
 
     @property
     def config(self) -> RAMConfig:
