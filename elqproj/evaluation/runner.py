@@ -116,11 +116,17 @@ def evaluate(config: EvaluationConfig, *, progress: bool = True) -> EvaluationRe
         _restore_missing(folder, inputs, seed=config.seed, device=config.device, dtype=config.dtype, progress=progress)
         _score_missing(folder, inputs, suite, per_image, progress)
 
-    summary, rounds = [], {}
+    summary, rounds, decisions, per_image_rows = [], {}, {}, []
     for folder, label in zip(folders, labels):
         scores = folder.scores(per_image)
         runs = folder.runs()
         final = folder.rounds - 1
+        # Every (image, round) row: the final round's make per_image.csv, all of them per_round.csv.
+        per_image_rows += [{"method": label, "image": image, "round": k, "final": k == final,
+                            **{name: scores[(image, k)][name] for name in per_image}}
+                           for image in inputs for k in range(folder.rounds)]
+        if folder.spec.mode == "auto":
+            decisions[label] = decision_counts([runs[name].decision for name in inputs])
         row: dict[str, Any] = {"method": label, "images": len(inputs.names),
                                "seconds_per_image": _mean([runs[n].seconds["total"] for n in inputs])}
         for name in per_image:
@@ -137,29 +143,13 @@ def evaluate(config: EvaluationConfig, *, progress: bool = True) -> EvaluationRe
                 round_row.update(suite.score_sets(folder.hq(inputs.names[0], k).parent, inputs.hq_dir))
                 rounds[label].append(round_row)
 
-    decisions = {label: decision_counts([folder.runs()[name].decision for name in inputs])
-                 for folder, label in zip(folders, labels) if folder.spec.mode == "auto"}
     result = EvaluationResult(out=out, metrics=specs, summary=summary, rounds=rounds, settings=suite.settings(),
                               files={}, decisions=decisions)
-    per_image_rows = _per_image_rows(folders, labels, inputs, per_image)
     complexity = _complexity(config, labels, progress) if config.complexity else None
     result.files = write_report(result, config=config, inputs=inputs, folders=dict(zip(labels, folders)),
                                 per_image=per_image_rows, complexity=complexity,
                                 provenance={"elqproj": __version__, "torch": torch.__version__})
     return result
-
-
-def _per_image_rows(folders: Sequence[MethodFolder], labels: Sequence[str], inputs: EvalInputs,
-                    per_image: Sequence[str]) -> list[dict[str, Any]]:
-    """Every (method, image, round) row: the final round's rows make per_image.csv, all make per_round.csv."""
-    rows = []
-    for folder, label in zip(folders, labels):
-        scores = folder.scores(per_image)
-        for image in inputs:
-            for k in range(folder.rounds):
-                rows.append({"method": label, "image": image, "round": k, "final": k == folder.rounds - 1,
-                             **{name: scores[(image, k)][name] for name in per_image}})
-    return rows
 
 
 def _complexity(config: EvaluationConfig, labels: Sequence[str], progress: bool) -> list[Any]:
