@@ -435,3 +435,15 @@ def test_the_default_preview_decoder_offline_without_cache_names_the_download(tm
 
     with pytest.raises(WeightsNotFoundError, match="taesd"):
         load_preview_decoder("taesd", device="cpu")
+
+
+def test_the_default_preview_decoder_comes_from_the_weights_table_through_the_hub_cache(tiny_taesd, offline_hub):
+    from elqproj.preview import load_preview_decoder
+    from elqproj.weights import COMPONENTS
+    from tests.conftest import populate_hf_cache
+
+    populate_hf_cache(offline_hub, COMPONENTS["taesd"].source,
+                      {name: tiny_taesd / name for name in COMPONENTS["taesd"].files})
+    decoder = load_preview_decoder("taesd", device="cpu")
+    image = decoder(torch.zeros(1, 4, 8, 8))
+    assert image.shape == (1, 3, 64, 64) and image.min() >= -1 and image.max() <= 1
